@@ -116,6 +116,9 @@ class DiskCollector:
             size=(read_int(directory / "size") or 0) * SECTOR,
             rotational=None if rotational is None else rotational == "1",
             serial=_first(
+                # For SCSI/SAS disks udev derives ID_SERIAL_SHORT from the WWN (VPD page
+                # 0x83); the unit serial printed on the label is VPD 0x80, ID_SCSI_SERIAL.
+                props.get("ID_SCSI_SERIAL"),
                 props.get("ID_SERIAL_SHORT"),
                 props.get("ID_SERIAL"),
                 # Without a udev database, the kernel still exposes these serials.

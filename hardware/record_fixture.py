@@ -224,6 +224,7 @@ class Recorder:
         data = {
             name: {"permaddr": ethtool.permanent_mac(name), "driver": ethtool.driver_name(name)}
             for name in self.list_sys("class/net")
+            if (self.sysfs / "class" / "net" / name).is_symlink()
         }
         (self.out / "ethtool.json").write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
@@ -274,7 +275,11 @@ class Recorder:
 
 
 # -- scrubbing -------------------------------------------------------------------------
-MAC_RE = re.compile(r"\b[0-9a-fA-F]{2}([:-])(?:[0-9a-fA-F]{2}\1){4}[0-9a-fA-F]{2}\b")
+# A MAC in colon or dash form, optionally in pxelinux's ``01-`` (ARP type) prefixed form.
+MAC_RE = re.compile(
+    r"(?<![0-9A-Fa-f:-])(01-)?([0-9a-fA-F]{2}([:-])(?:[0-9a-fA-F]{2}\3){4}[0-9a-fA-F]{2})"
+    r"(?![0-9A-Fa-f:-])"
+)
 SERIAL_PROPERTIES = (
     "ID_SERIAL_SHORT",
     "ID_SERIAL",
@@ -321,14 +326,14 @@ def scrub(root: Path) -> None:
     replacement = {s: f"SCRUBBED{n:04d}" for n, s in enumerate(secrets)}
 
     def fake_mac(match: re.Match[str]) -> str:
-        text, sep = match.group(0).lower(), match.group(1)
+        prefix, text, sep = match.group(1) or "", match.group(2).lower(), match.group(3)
         canonical = text.replace("-", ":")
         if canonical in ("00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff"):
             return match.group(0)
         fake = macs.setdefault(
             canonical, f"02:00:00:00:{len(macs) // 256:02x}:{len(macs) % 256:02x}"
         )
-        return fake.replace(":", sep)
+        return prefix + fake.replace(":", sep)
 
     for path in _text_files(root):
         try:
