@@ -52,6 +52,28 @@ def parse_smbios_memory_device(raw: bytes) -> int | None:
     return size
 
 
+def iter_smbios_structures(table: bytes) -> list[tuple[int, bytes]]:
+    """(type, formatted area) of every structure in a raw SMBIOS table (``tables/DMI``).
+
+    Each structure is a header (type, length, handle), ``length`` bytes of formatted
+    area, then a string set that ends with two NUL bytes. Type 127 ends the table.
+    """
+    structures = []
+    offset = 0
+    while offset + 4 <= len(table):
+        kind, length = table[offset], table[offset + 1]
+        if length < 4 or offset + length > len(table):
+            break  # corrupt: stop rather than misread what follows
+        structures.append((kind, table[offset : offset + length]))
+        end = table.find(b"\0\0", offset + length)
+        if end < 0:
+            break
+        offset = end + 2
+        if kind == 127:
+            break
+    return structures
+
+
 def parse_dmidecode_memory(text: str) -> int | None:
     """Sum of ``Size:`` lines of ``dmidecode --type 17`` in MiB; None if none is known."""
     total = 0
@@ -77,21 +99,30 @@ class MemoryCollector:
     def __init__(
         self, sysfs: Path, total_bytes: Callable[[], int | None], runner: CommandRunner
     ) -> None:
+        self.table = sysfs / "firmware" / "dmi" / "tables" / "DMI"
         self.entries = sysfs / "firmware" / "dmi" / "entries"
         self.total_bytes = total_bytes
         self.runner = runner
 
-    def physical_mb(self) -> int | None:
-        sizes = []
+    def _type17_structures(self) -> list[bytes]:
+        """From the raw table (always there with SMBIOS), else the dmi-sysfs entries."""
+        table = read_bytes(self.table)
+        if table:
+            return [raw for kind, raw in iter_smbios_structures(table) if kind == SMBIOS_MEMORY_DEVICE]
+        structures = []
         for entry in list_dir(self.entries):
-            if entry.split("-")[0] != str(SMBIOS_MEMORY_DEVICE):
-                continue
-            raw = read_bytes(self.entries / entry / "raw")
-            if raw is not None:
-                sizes.append(parse_smbios_memory_device(raw))
-        if sizes:
-            known = [size for size in sizes if size is not None]
+            if entry.split("-")[0] == str(SMBIOS_MEMORY_DEVICE):
+                raw = read_bytes(self.entries / entry / "raw")
+                if raw is not None:
+                    structures.append(raw)
+        return structures
+
+    def physical_mb(self) -> int | None:
+        structures = self._type17_structures()
+        if structures:
+            known = [s for s in map(parse_smbios_memory_device, structures) if s is not None]
             return sum(known) if known else None
+        # No SMBIOS in sysfs: dmidecode (only if installed) may still reach the table.
         output = self.runner.run(["dmidecode", "--type", "17"], timeout=10)
         if output is None:
             return None

@@ -175,6 +175,7 @@ class Recorder:
                 self.copy_dir_files(
                     f"firmware/dmi/entries/{entry}", ("raw", "type", "length", "handle")
                 )
+        self.copy_dir_files("firmware/dmi/tables", ("DMI", "smbios_entry_point"))
         if (self.sysfs / "firmware" / "efi").is_dir():
             self.copy_dir_files("firmware/efi", ("fw_platform_size",))
 

@@ -95,3 +95,48 @@ def test_collector_falls_back_to_dmidecode_then_null(tree):
 def test_all_unknown_sizes_is_null(tree):
     root = tree({"firmware/dmi/entries/17-0/raw": type17(0xFFFF)})
     assert MemoryCollector(root, lambda: None, RecordedRunner(root)).physical_mb() is None
+
+
+def structure(kind: int, formatted: bytes, strings: list[bytes]) -> bytes:
+    body = bytes([kind, 4 + len(formatted)]) + b"\x00\x10" + formatted
+    string_set = b"".join(s + b"\0" for s in strings) + b"\0" if strings else b"\0\0"
+    return body + string_set
+
+
+def test_smbios_table_walk_handles_string_sets():
+    dimm = type17(4096)[:-2]  # formatted area only
+    table = (
+        structure(0, bytes(20), [b"TacetBIOS", b"1.2.3"])
+        + dimm
+        + b"DIMM 0\0Tacet\0\0"
+        + structure(16, bytes(10), [])
+        + dimm
+        + b"\0\0"
+        + structure(127, b"", [])
+        + b"garbage after end"
+    )
+    from hardware.memory import iter_smbios_structures
+
+    kinds = [kind for kind, _raw in iter_smbios_structures(table)]
+    assert kinds == [0, 17, 16, 17, 127]
+    assert [
+        parse_smbios_memory_device(raw) for k, raw in iter_smbios_structures(table) if k == 17
+    ] == [4096, 4096]
+
+
+def test_truncated_table_stops_cleanly():
+    from hardware.memory import iter_smbios_structures
+
+    assert iter_smbios_structures(b"\x11\x28\x00") == []
+    assert iter_smbios_structures(b"\x11\x02\x00\x00") == []  # length below header size
+
+
+def test_collector_reads_the_raw_table_first(tree):
+    table = type17(2048)[:-2] + b"\0\0" + type17(0x7FFF, 8192)[:-2] + b"\0\0"
+    root = tree(
+        {
+            "firmware/dmi/tables/DMI": table,
+            "firmware/dmi/entries/17-0/raw": type17(1),  # ignored: the table wins
+        }
+    )
+    assert MemoryCollector(root, lambda: None, RecordedRunner(root)).physical_mb() == 10240
