@@ -108,7 +108,9 @@ class MemoryCollector:
         """From the raw table (always there with SMBIOS), else the dmi-sysfs entries."""
         table = read_bytes(self.table)
         if table:
-            return [raw for kind, raw in iter_smbios_structures(table) if kind == SMBIOS_MEMORY_DEVICE]
+            return [
+                raw for kind, raw in iter_smbios_structures(table) if kind == SMBIOS_MEMORY_DEVICE
+            ]
         structures = []
         for entry in list_dir(self.entries):
             if entry.split("-")[0] == str(SMBIOS_MEMORY_DEVICE):
