@@ -91,3 +91,26 @@ def test_identity_matches_what_qemu_was_told(machine):
 def test_expected_files_are_valid_json():
     for machine in MACHINES:
         json.loads(Path(FIXTURES / machine / "expected.json").read_text())
+
+
+@pytest.mark.parametrize("machine", QEMU_MACHINES)
+def test_three_smbios_sources_agree_on_installed_memory(machine):
+    """Raw DMI table, dmi-sysfs entries and real dmidecode output give the same DIMM total."""
+    from hardware.memory import (
+        iter_smbios_structures,
+        parse_dmidecode_memory,
+        parse_smbios_memory_device,
+    )
+
+    root = FIXTURES / machine
+    table = (root / "sys/firmware/dmi/tables/DMI").read_bytes()
+    from_table = sum(
+        parse_smbios_memory_device(raw) or 0
+        for kind, raw in iter_smbios_structures(table)
+        if kind == 17
+    )
+    entries = sorted((root / "sys/firmware/dmi/entries").glob("17-*/raw"))
+    from_entries = sum(parse_smbios_memory_device(p.read_bytes()) or 0 for p in entries)
+    dmidecode = (root / "commands" / "dmidecode_--type_17.txt").read_text()
+    told = load(machine, "qemu.json")["memory_mib"]
+    assert from_table == from_entries == parse_dmidecode_memory(dmidecode) == told
