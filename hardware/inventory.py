@@ -27,7 +27,7 @@ DEFAULT_TIMEOUTS = {"bmc": 25.0}
 DEFAULT_TIMEOUT = 10.0
 
 
-def collectors(sources: Sources) -> dict[str, Callable[[], Any]]:
+def collectors(sources: Sources, lldp_timeout: float | None = None) -> dict[str, Callable[[], Any]]:
     """Inventory part name to a zero-argument function that collects it."""
     facts_cache: list[Any] = []
 
@@ -38,7 +38,12 @@ def collectors(sources: Sources) -> dict[str, Callable[[], Any]]:
 
     return {
         "interfaces": InterfaceCollector(
-            sources.sysfs, sources.addresses.addresses, sources.ethtool
+            sources.sysfs,
+            sources.addresses.addresses,
+            sources.ethtool,
+            lldp=None
+            if lldp_timeout is None
+            else (lambda names: sources.lldp(names, lldp_timeout)),
         ).collect,
         "disks": DiskCollector(sources.sysfs, sources.udev).collect,
         "cpu": CpuCollector(
@@ -60,11 +65,18 @@ def collectors(sources: Sources) -> dict[str, Callable[[], Any]]:
 def collect_inventory(
     sources: Sources | None = None,
     timeouts: dict[str, float] | None = None,
+    lldp_timeout: float | None = None,
 ) -> Inventory:
-    """The IPA-compatible inventory; a failed or slow part becomes null, and is logged."""
+    """The IPA-compatible inventory; a failed or slow part becomes null, and is logged.
+
+    ``lldp_timeout`` (seconds) turns on LLDP capture on physical NICs; without it
+    every ``lldp`` is null and collection stays fast.
+    """
     sources = sources or live_sources()
     limits = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
-    parts = collectors(sources)
+    if lldp_timeout is not None:
+        limits["interfaces"] = limits.get("interfaces", DEFAULT_TIMEOUT) + lldp_timeout
+    parts = collectors(sources, lldp_timeout)
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
     pool = ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="inventory")

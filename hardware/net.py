@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .lldp import Tlvs
 from .model import Interface
 from .sysfs import link_name, list_dir, parse_uevent, read_int, read_stripped, read_text, resolve
 
@@ -107,10 +108,12 @@ class InterfaceCollector:
         sysfs: Path,
         addresses: Callable[[], dict[str, Addresses]],
         ethtool: EthtoolSource,
+        lldp: Callable[[list[str]], dict[str, Tlvs]] | None = None,
     ) -> None:
         self.class_dir = sysfs / "class" / "net"
         self.get_addresses = addresses
         self.ethtool = ethtool
+        self.capture_lldp = lldp
 
     def kind(self, directory: Path) -> str | None:
         """``physical``, ``vlan`` or ``bond`` for interfaces we report, else None."""
@@ -138,7 +141,9 @@ class InterfaceCollector:
             current = current.parent
         return None
 
-    def describe(self, name: str, addresses: dict[str, Addresses]) -> Interface:
+    def describe(
+        self, name: str, addresses: dict[str, Addresses], lldp: Tlvs | None = None
+    ) -> Interface:
         directory = self.class_dir / name
         pci = self.pci_device(directory)
         addrs = addresses.get(name, Addresses())
@@ -156,11 +161,25 @@ class InterfaceCollector:
             pci_address=pci.name if pci else None,
             driver=driver,
             speed_mbps=parse_speed(read_text(directory / "speed")),
+            lldp=lldp,
         )
 
     def collect(self) -> list[Interface]:
-        names = [n for n in list_dir(self.class_dir) if self.kind(self.class_dir / n) is not None]
+        kinds = {name: self.kind(self.class_dir / name) for name in list_dir(self.class_dir)}
+        names = [name for name, kind in kinds.items() if kind is not None]
         if not names:
             return []
         addresses = self.get_addresses()
-        return [self.describe(name, addresses) for name in names]
+        neighbours: dict[str, Tlvs] = {}
+        physical = [name for name in names if kinds[name] == "physical"]
+        if self.capture_lldp is not None:
+            neighbours = self.capture_lldp(physical)
+        return [
+            self.describe(
+                name,
+                addresses,
+                # Asked for LLDP: [] means "listened, heard nothing"; VLANs/bonds stay null.
+                neighbours.get(name, []) if self.capture_lldp and name in physical else None,
+            )
+            for name in names
+        ]

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import ethtool
 from .cpu import parse_cpuinfo
+from .lldp import Tlvs, capture_lldp
 from .memory import parse_meminfo_total
 from .net import Addresses, AddressSource, EthtoolSource, NetifacesAddresses, parse_ip_json
 from .runner import CommandRunner, RecordedRunner, SubprocessRunner
@@ -72,6 +73,7 @@ class Sources:
     ethtool: EthtoolSource
     runner: CommandRunner
     facts_loader: Callable[[], HostFacts]  # lazy, so a failure stays in one collector
+    lldp: Callable[[list[str], float], dict[str, Tlvs]] = lambda names, timeout: {}
 
     def facts(self) -> HostFacts:
         return self.facts_loader()
@@ -107,6 +109,7 @@ def live_sources(cmdline: str | None = None) -> Sources:
         ethtool=LiveEthtool(),
         runner=SubprocessRunner(),
         facts_loader=_live_facts,
+        lldp=capture_lldp,
     )
 
 

@@ -66,3 +66,20 @@ def test_json_shape_has_ipa_keys():
         "firmware",
     }
     json.dumps(data)  # serialisable as is
+
+
+def test_lldp_only_when_asked_and_only_on_physical_nics():
+    sources = fixture_sources(FIXTURES / "qemu-virtio")  # ens2 plus the VLAN ens2.42
+    asked = []
+
+    def fake_capture(names, timeout):
+        asked.append((names, timeout))
+        return {"ens2": [[1, "04aabbccddeeff"]]}
+
+    sources = replace(sources, lldp=fake_capture)
+    quiet = {i.name: i.lldp for i in collect_inventory(sources).interfaces}
+    assert quiet == {"ens2": None, "ens2.42": None}
+    assert asked == []
+    heard = {i.name: i.lldp for i in collect_inventory(sources, lldp_timeout=2.5).interfaces}
+    assert heard == {"ens2": [[1, "04aabbccddeeff"]], "ens2.42": None}
+    assert asked == [(["ens2"], 2.5)]
