@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -29,12 +30,7 @@ DEFAULT_TIMEOUT = 10.0
 
 def collectors(sources: Sources, lldp_timeout: float | None = None) -> dict[str, Callable[[], Any]]:
     """Inventory part name to a zero-argument function that collects it."""
-    facts_cache: list[Any] = []
-
-    def facts() -> Any:
-        if not facts_cache:
-            facts_cache.append(sources.facts())
-        return facts_cache[0]
+    facts = functools.cache(sources.facts)  # several parts need it; read the host once
 
     return {
         "interfaces": InterfaceCollector(
