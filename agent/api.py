@@ -1,0 +1,197 @@
+"""The HTTP API of PROTOCOL.md section 1: routes, error bodies, authentication middleware."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from .commands import CommandError
+from .core import Agent
+
+LOG = logging.getLogger(__name__)
+AGENT_KEY = web.AppKey("agent", Agent)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Before any token exists only these commands are served (PROTOCOL/ARCHITECTURE trust model).
+UNAUTHENTICATED_COMMANDS = frozenset(
+    {"poll.get_hardware_info", "poll.set_node_info", "poll.node_info"}
+)
+TOKEN_INVALID = "401 Unauthorized: Token invalid."
+
+
+def fault(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """ironic's error body; it crashes on an error without ``faultstring``."""
+    body = {"faultcode": "Server" if status >= 500 else "Client", "faultstring": message}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def peer(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as a JSON fault; nothing escapes as a bare 500 page."""
+    try:
+        return await handler(request)
+    except CommandError as exc:
+        return fault(exc.code, exc.message)
+    except web.HTTPRedirection:
+        raise
+    except web.HTTPException as exc:
+        if exc.status == 413:
+            limit = request.app[AGENT_KEY].config.max_body_bytes
+            message = f"Request body too large (limit {limit} bytes)"
+        else:
+            message = (
+                exc.reason if exc.text is None or exc.text.startswith(str(exc.status)) else exc.text
+            )
+        return fault(
+            exc.status,
+            message,
+            headers={k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")},
+        )
+    except Exception:
+        LOG.exception("unexpected error serving %s %s", request.method, request.path)
+        return fault(500, "Internal error; see the agent log")
+
+
+def presented_token(request: web.Request) -> str | None:
+    token = request.query.get("agent_token")
+    if token:
+        return token
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+async def authorize(request: web.Request, command_name: str | None) -> None:
+    """The one authentication check for /v1/commands*; raises a 401 fault when refused.
+
+    ``command_name`` is the command a POST asks for (None for reading results).
+    """
+    agent = request.app[AGENT_KEY]
+    if agent.has_token:
+        if agent.token_matches(presented_token(request)):
+            return
+        reason = "wrong token" if presented_token(request) else "no token"
+    elif command_name in UNAUTHENTICATED_COMMANDS:
+        return
+    else:
+        reason = "agent has no token yet; only inventory and set_node_info are served"
+    agent.rejections[reason] += 1
+    LOG.warning("refused %s %s from %s: %s", request.method, request.path, peer(request), reason)
+    raise CommandError(TOKEN_INVALID, code=401)
+
+
+async def root(request: web.Request) -> web.Response:
+    v1 = version_entry(request)
+    return web.json_response(
+        {
+            "name": "Tacet agent",
+            "description": "Tacet passive-mode provisioning agent (ironic-python-agent API)",
+            "versions": [v1],
+            "default_version": v1,
+        }
+    )
+
+
+def version_entry(request: web.Request) -> dict[str, Any]:
+    return {
+        "id": "v1",
+        "links": [{"href": str(request.url.with_path("/v1/").with_query(None)), "rel": "self"}],
+    }
+
+
+async def v1(request: web.Request) -> web.Response:
+    base = request.url.with_query(None)
+    return web.json_response(
+        {
+            "id": "v1",
+            "links": [{"href": str(base.with_path("/v1/")), "rel": "self"}],
+            "media_types": [
+                {
+                    "base": "application/json",
+                    "type": "application/vnd.openstack.ironic-python-agent.v1+json",
+                }
+            ],
+            "commands": [{"href": str(base.with_path("/v1/commands/")), "rel": "self"}],
+            "status": [{"href": str(base.with_path("/v1/status")), "rel": "self"}],
+        }
+    )
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[AGENT_KEY].status())
+
+
+async def list_commands(request: web.Request) -> web.Response:
+    await authorize(request, None)
+    return web.json_response({"commands": request.app[AGENT_KEY].executor.history()})
+
+
+def wants_wait(request: web.Request) -> bool:
+    return request.query.get("wait", "false").lower() in ("true", "1", "yes")
+
+
+async def get_command(request: web.Request) -> web.Response:
+    await authorize(request, None)
+    agent = request.app[AGENT_KEY]
+    result = agent.executor.get(request.match_info["result_id"])
+    if wants_wait(request):
+        await result.done.wait()
+    return web.json_response(result.serialize())
+
+
+async def run_command(request: web.Request) -> web.Response:
+    agent = request.app[AGENT_KEY]
+    raw = await request.read()
+    try:
+        body = json.loads(raw or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        await authorize(request, None)
+        raise CommandError(f"Invalid JSON body: {exc}", code=400) from None
+    name = body.get("name") if isinstance(body, dict) else None
+    await authorize(request, name if isinstance(name, str) else None)
+    if not isinstance(body, dict):
+        raise CommandError("Request body must be a JSON object with name and params", code=400)
+    if "name" not in body:
+        raise CommandError("Missing command name", code=400)
+    result = await agent.executor.execute(name, body.get("params"))
+    if wants_wait(request):
+        await result.done.wait()
+    return web.json_response(result.serialize())
+
+
+def redirect(target: str) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        location = request.url.with_path(target).relative()
+        raise web.HTTPPermanentRedirect(location=str(location))
+
+    return handler
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return fault(404, f"The resource could not be found: {request.path}")
+
+
+def create_app(agent: Agent) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware], client_max_size=agent.config.max_body_bytes
+    )
+    app[AGENT_KEY] = agent
+    app.router.add_get("/", root)
+    app.router.add_get("/v1", redirect("/v1/"))
+    app.router.add_get("/v1/", v1)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/status/", redirect("/v1/status"))
+    app.router.add_route("*", "/v1/commands", redirect("/v1/commands/"))
+    app.router.add_get("/v1/commands/", list_commands)
+    app.router.add_post("/v1/commands/", run_command)
+    app.router.add_get("/v1/commands/{result_id}", get_command)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    return app

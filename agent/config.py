@@ -1,0 +1,248 @@
+"""The agent's one typed configuration: defaults, then TOML files, then the kernel command line.
+
+This is the only module that reads the kernel command line. Every value remembers
+where it came from, so an invalid setting stops the start with one message naming
+the key and its source.
+"""
+
+from __future__ import annotations
+
+import shlex
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_CMDLINE = Path("/proc/cmdline")
+DEFAULT_CONFIG_DIR = Path("/etc/tacet")
+DEFAULT_STATE_DIR = Path("/run/tacet")
+KERNEL = "kernel command line"
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the key and where it came from."""
+
+
+@dataclass(frozen=True)
+class Config:
+    api_urls: tuple[str, ...] = ()
+    agent_token: str | None = None
+    global_request_id: str | None = None
+    listen_host: str = "::"
+    listen_port: int = 9999
+    advertise_host: str | None = None
+    advertise_port: int | None = None
+    insecure: bool = False
+    api_ca_file: Path | None = None
+    lookup_timeout: float = 600.0
+    lookup_interval: float = 1.0
+    tls_min_version: str = "1.2"
+    debug: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    command_history: int = 100
+    inventory_max_age: float = 300.0
+    max_body_bytes: int = 1024 * 1024
+    cmdline: str = ""
+    config_dir: Path = DEFAULT_CONFIG_DIR
+    state_dir: Path = DEFAULT_STATE_DIR
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def mode(self) -> str:
+        """``active`` (lookup + heartbeat) only when an ironic API URL is configured."""
+        return "active" if self.api_urls else "passive"
+
+
+# -- value parsers: text -> value, raising ValueError with a reason ----------------------
+def _port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError("must be a port number between 1 and 65535")
+    return port
+
+
+def _positive_int(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise ValueError("must be a positive integer")
+    return number
+
+
+def _positive_float(text: str) -> float:
+    number = float(text)
+    if not number > 0:
+        raise ValueError("must be a positive number")
+    return number
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true/false (or 1/0)")
+
+
+def _urls(text: str) -> tuple[str, ...]:
+    urls = tuple(part.strip().rstrip("/") for part in text.split(",") if part.strip())
+    if not urls:
+        raise ValueError("must list at least one URL")
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{url!r} is not an http(s) URL")
+    return urls
+
+
+def _tls_version(text: str) -> str:
+    value = text.strip().removeprefix("TLSv").removeprefix("tlsv")
+    if value not in ("1.2", "1.3"):
+        raise ValueError("must be 1.2 or 1.3")
+    return value
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+def _path(text: str) -> Path:
+    return Path(_text(text))
+
+
+@dataclass(frozen=True)
+class Setting:
+    field: str
+    parse: Callable[[str], Any]
+    ironic_name: str | None = None  # the ipa-* kernel parameter, when ironic has one
+    secret: bool = False
+
+
+SETTINGS: dict[str, Setting] = {
+    "api-url": Setting("api_urls", _urls, "ipa-api-url"),
+    "agent-token": Setting("agent_token", _text, "ipa-agent-token", secret=True),
+    "global-request-id": Setting("global_request_id", _text, "ipa-global-request-id"),
+    "listen-host": Setting("listen_host", _text, "ipa-listen-host"),
+    "listen-port": Setting("listen_port", _port, "ipa-listen-port"),
+    "advertise-host": Setting("advertise_host", _text, "ipa-advertise-host"),
+    "advertise-port": Setting("advertise_port", _port, "ipa-advertise-port"),
+    "insecure": Setting("insecure", _bool, "ipa-insecure"),
+    "api-ca-file": Setting("api_ca_file", _path),
+    "lookup-timeout": Setting("lookup_timeout", _positive_float, "ipa-lookup-timeout"),
+    "lookup-interval": Setting("lookup_interval", _positive_float, "ipa-lookup-interval"),
+    "tls-min-version": Setting("tls_min_version", _tls_version, "ipa-tls-min-version"),
+    "debug": Setting("debug", _bool, "ipa-debug"),
+    "cert-file": Setting("cert_file", _path),
+    "key-file": Setting("key_file", _path),
+    "command-history": Setting("command_history", _positive_int),
+    "inventory-max-age": Setting("inventory_max_age", _positive_float),
+    "max-body-bytes": Setting("max_body_bytes", _positive_int),
+}
+IRONIC_NAMES = {s.ironic_name: name for name, s in SETTINGS.items() if s.ironic_name}
+TACET_PREFIX = "tacet."
+
+
+def parse_cmdline(text: str) -> list[tuple[str, str]]:
+    """``key=value`` tokens of a kernel command line (quotes allowed); flags get ``""``."""
+    try:
+        tokens = shlex.split(text)
+    except ValueError:
+        tokens = text.split()
+    pairs = []
+    for token in tokens:
+        if token == "--":
+            break  # what follows is for init, not the kernel
+        key, _, value = token.partition("=")
+        pairs.append((key, value))
+    return pairs
+
+
+def _apply(
+    values: dict[str, Any],
+    origins: dict[str, str],
+    name: str,
+    raw: Any,
+    source: str,
+    shown_key: str,
+) -> None:
+    setting = SETTINGS[name]
+    text = (
+        ",".join(raw)
+        if isinstance(raw, list)
+        else str(raw).lower()
+        if isinstance(raw, bool)
+        else str(raw)
+    )
+    try:
+        values[setting.field] = setting.parse(text)
+    except ValueError as exc:
+        shown = "<hidden>" if setting.secret else text
+        reason = (
+            str(exc)
+            if not str(exc).startswith(("invalid literal", "could not convert"))
+            else ("is not a number")
+        )
+        raise ConfigError(f"{shown_key}={shown} ({source}): {reason}") from None
+    origins[setting.field] = source
+
+
+def read_config_files(config_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Every ``*.toml`` in the directory, in name order (later files win)."""
+    if not config_dir.is_dir():
+        return []
+    result = []
+    for path in sorted(config_dir.glob("*.toml")):
+        try:
+            result.append((path, tomllib.loads(path.read_text())))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read TOML: {exc}") from None
+    return result
+
+
+def load_config(
+    cmdline_file: Path = DEFAULT_CMDLINE,
+    config_dir: Path = DEFAULT_CONFIG_DIR,
+    state_dir: Path = DEFAULT_STATE_DIR,
+) -> Config:
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {f.name: "default" for f in fields(Config)}
+    for path, table in read_config_files(config_dir):
+        for key, raw in table.items():
+            if key not in SETTINGS:
+                raise ConfigError(
+                    f"{key} ({path}): unknown setting; known: {', '.join(sorted(SETTINGS))}"
+                )
+            if isinstance(raw, dict):
+                raise ConfigError(f"{key} ({path}): must be a value, not a table")
+            _apply(values, origins, key, raw, str(path), key)
+    try:
+        cmdline = cmdline_file.read_text()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the kernel command line from {cmdline_file}: {exc}"
+        ) from None
+    for key, raw in parse_cmdline(cmdline):
+        if key.startswith(TACET_PREFIX):
+            name = key[len(TACET_PREFIX) :]
+            if name not in SETTINGS:
+                raise ConfigError(
+                    f"{key} ({KERNEL}): unknown Tacet setting; known: "
+                    + ", ".join(TACET_PREFIX + n for n in sorted(SETTINGS))
+                )
+        elif key in IRONIC_NAMES:
+            name = IRONIC_NAMES[key]
+        else:
+            continue  # other kernel parameters are not ours
+        _apply(values, origins, name, raw, KERNEL, key)
+    config = Config(cmdline=cmdline.strip(), config_dir=config_dir, state_dir=state_dir, **values)
+    if (config.cert_file is None) != (config.key_file is None):
+        raise ConfigError(
+            "cert-file and key-file must be given together "
+            f"(cert-file from {origins['cert_file']}, key-file from {origins['key_file']})"
+        )
+    return replace(config, origins=origins)

@@ -1,0 +1,122 @@
+"""The running agent: configuration, identity, commands, token and node_info."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import logging
+import ssl
+import time
+from typing import Any
+
+from . import __version__
+from .commands import CommandResult, Executor, Registry
+from .config import Config
+from .inventory_cache import InventoryCache
+from .power import PowerBackend
+from .state import StateStore
+from .tls import Identity
+
+LOG = logging.getLogger(__name__)
+MASK = "******"
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Agent:
+    def __init__(
+        self,
+        config: Config,
+        identity: Identity,
+        power: PowerBackend,
+        collect_inventory: Any = None,
+    ) -> None:
+        self.config = config
+        self.identity = identity
+        self.power = power
+        self.started_at = time.time()
+        self.ssl_context: ssl.SSLContext | None = None
+        self.state = StateStore(config.state_dir)
+        self.registry = Registry()
+        self.executor = Executor(
+            registry=self.registry,
+            history_limit=config.command_history,
+            on_async_done=self._async_done,
+        )
+        self.rejections: collections.Counter[str] = collections.Counter()
+        self.async_done_callbacks: list[Any] = []
+        # A token set after start (set_node_info, lookup) was persisted and wins over the
+        # command line, so a restart never falls back to an older or absent token.
+        self.token_hash: str | None = self.state.get("token_hash") or (
+            token_digest(config.agent_token) if config.agent_token else None
+        )
+        self.node_info: dict[str, Any] | None = self.state.get("node_info")
+        if collect_inventory is None:
+            from hardware import collect_inventory as collect
+            from hardware import live_sources
+
+            def collect_inventory() -> dict[str, Any]:
+                return collect(live_sources(cmdline=config.cmdline)).to_dict()
+
+        self.inventory = InventoryCache(collect_inventory, config.inventory_max_age)
+        self.state.update(mode=config.mode, started_at=self.started_at)
+        from .extensions import register_all
+
+        register_all(self)
+
+    # -- tokens -----------------------------------------------------------------------
+    @property
+    def has_token(self) -> bool:
+        return self.token_hash is not None
+
+    def token_matches(self, presented: str | None) -> bool:
+        if not presented or self.token_hash is None:
+            return False
+        return hmac.compare_digest(token_digest(presented), self.token_hash)
+
+    def set_token(self, token: str) -> None:
+        self.token_hash = token_digest(token)
+        self.state.update(token_hash=self.token_hash)
+
+    # -- node_info --------------------------------------------------------------------
+    def store_node_info(self, node_info: dict[str, Any]) -> None:
+        self.node_info = masked(node_info)
+        self.state.update(node_info=self.node_info)
+
+    @property
+    def node_uuid(self) -> str | None:
+        node = (self.node_info or {}).get("node") or {}
+        uuid = node.get("uuid") if isinstance(node, dict) else None
+        return uuid if isinstance(uuid, str) else None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "started_at": self.started_at,
+            "version": __version__,
+            "mode": self.config.mode,
+            "node_uuid": self.node_uuid,
+            "certificate_fingerprint": self.identity.fingerprint,
+        }
+
+    def _async_done(self, result: CommandResult) -> None:
+        for callback in self.async_done_callbacks:
+            callback(result)
+
+
+def masked(node_info: dict[str, Any]) -> dict[str, Any]:
+    """A copy with the agent token (and anything named like a secret) replaced by ******."""
+
+    def walk(value: Any, key: str = "") -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if value is not None and any(s in key.lower() for s in ("token", "password", "secret")):
+            return MASK
+        return value
+
+    result: dict[str, Any] = walk(node_info)
+    return result

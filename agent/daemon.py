@@ -1,0 +1,122 @@
+"""Bring the agent up: one TLS listener, the console banner, clean shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .config import Config
+from .core import Agent
+from .power import PowerBackend, SystemPower
+from .tls import load_identity, local_addresses, server_context
+
+LOG = logging.getLogger(__name__)
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The one listening socket: dual-stack ``::`` by default, IPv4 when IPv6 is absent."""
+    candidates: list[tuple[socket.AddressFamily, str]] = []
+    if host in ("::", ""):
+        candidates = [(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")]
+    else:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        candidates = [(family, host)]
+    error: OSError | None = None
+    for family, address in candidates:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and address == "::":
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((address, port))
+            sock.listen(128)
+            sock.setblocking(False)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    assert error is not None
+    raise error
+
+
+def certificate_addresses(config: Config) -> set[Any]:
+    addresses = local_addresses()
+    if config.advertise_host:
+        # A host name is skipped: the certificate carries IP SANs only, like IPA's.
+        with contextlib.suppress(ValueError):
+            addresses.add(ipaddress.ip_address(config.advertise_host))
+    return addresses
+
+
+def banner(agent: Agent, sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return (
+        f"tacet-agent {__version__}: listening on https://{shown}:{port} "
+        f"mode={agent.config.mode} certificate-sha256={agent.identity.fingerprint}"
+    )
+
+
+async def serve(
+    config: Config,
+    power: PowerBackend | None = None,
+    stop: asyncio.Event | None = None,
+    collect_inventory: Any = None,
+) -> None:
+    """Run until ``stop`` is set or SIGTERM/SIGINT arrives."""
+    from .api import create_app
+
+    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(config.state_dir, 0o700)
+    identity = load_identity(
+        config.state_dir, certificate_addresses(config), config.cert_file, config.key_file
+    )
+    agent = Agent(config, identity, power or SystemPower(), collect_inventory=collect_inventory)
+    agent.ssl_context = server_context(identity, config.tls_min_version)
+    runner = web.AppRunner(create_app(agent), access_log=None, handle_signals=False)
+    await runner.setup()
+    sock = listen_socket(config.listen_host, config.listen_port)
+    site = web.SockSite(runner, sock, ssl_context=agent.ssl_context, shutdown_timeout=5)
+    await site.start()
+    print(banner(agent, sock), flush=True)
+    if config.mode == "active":
+        LOG.error("active mode (lookup and heartbeat) is not implemented yet; serving passively")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    # The first inventory is collected after the listener is up, never before it.
+    warmup = asyncio.create_task(agent.inventory.get())
+    agent.inventory.watch_udev()
+    try:
+        await stop.wait()
+    finally:
+        LOG.warning("tacet-agent stopping")
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        warmup.cancel()
+        await agent.executor.stop("agent stopping (SIGTERM)")
+        agent.inventory.close()
+        await runner.cleanup()
+        print("tacet-agent: stopped", flush=True)
+
+
+def configure_logging(debug: bool) -> None:
+    from .extensions.log import AGENT_LOG
+
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger().addHandler(AGENT_LOG)

@@ -1,0 +1,27 @@
+"""Syncing, powering off and rebooting (provisioning commands come with the image issue)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..core import Agent
+
+
+def register(agent: Agent) -> None:
+    async def sync() -> None:
+        await asyncio.get_running_loop().run_in_executor(None, os.sync)
+
+    async def power_off() -> None:
+        await sync()
+        await agent.power.power_off()
+
+    async def run_image() -> None:
+        await sync()
+        await agent.power.reboot()
+
+    agent.registry.add("standby", "sync", sync)
+    agent.registry.add("standby", "power_off", power_off, is_async=True)
+    agent.registry.add("standby", "run_image", run_image, is_async=True)

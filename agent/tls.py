@@ -1,0 +1,173 @@
+"""Certificates and SSL contexts: the one place Tacet builds TLS configuration.
+
+The agent's own certificate is either configured (cert-file/key-file) or generated
+in ironic-python-agent's shape so ironic accepts it: self-signed EC P-384,
+CN = hostname, IP-address SANs (critical), SHA-512, valid from one hour ago for
+30 days. A generated identity is kept in the state directory and reused after a
+restart, so the certificate ironic stored still matches.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import os
+import socket
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+GENERATED_CERT = "agent-cert.pem"
+GENERATED_KEY = "agent-key.pem"
+VALIDITY = datetime.timedelta(days=30)
+BACKDATE = datetime.timedelta(hours=1)
+# Regenerate rather than serve a certificate about to expire.
+MIN_REMAINING = datetime.timedelta(days=1)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class Identity:
+    cert_path: Path
+    key_path: Path
+    cert_pem: str
+    fingerprint: str  # SHA-256 of the DER certificate, colon-separated hex
+    generated: bool
+
+
+def fingerprint(cert_pem: str) -> str:
+    der = ssl.PEM_cert_to_DER_cert(cert_pem)
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def generate_certificate(
+    hostname: str, addresses: Iterable[IPAddress], now: datetime.datetime | None = None
+) -> tuple[bytes, bytes]:
+    """(certificate PEM, private key PEM) in IPA's auto-TLS shape."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = now or datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64] or "tacet")])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + VALIDITY)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(a) for a in sorted(set(addresses), key=str)]
+            ),
+            critical=True,
+        )
+    )
+    cert = builder.sign(key, hashes.SHA512())
+    return (
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+def _reusable(cert_path: Path, addresses: set[IPAddress], now: datetime.datetime) -> bool:
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return False
+    covered = set(san.get_values_for_type(x509.IPAddress))
+    return cert.not_valid_after_utc - now > MIN_REMAINING and addresses <= covered
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret file atomically, mode 0600 from the first byte."""
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+
+
+def load_identity(
+    state_dir: Path,
+    addresses: Iterable[IPAddress],
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    hostname: str | None = None,
+) -> Identity:
+    """The configured certificate, else the generated one from the state dir (made if needed)."""
+    if cert_file is not None and key_file is not None:
+        pem = cert_file.read_text()
+        return Identity(cert_file, key_file, pem, fingerprint(pem), generated=False)
+    cert_path, key_path = state_dir / GENERATED_CERT, state_dir / GENERATED_KEY
+    now = datetime.datetime.now(datetime.UTC)
+    wanted = set(addresses)
+    if not (key_path.exists() and _reusable(cert_path, wanted, now)):
+        cert_pem, key_pem = generate_certificate(hostname or socket.gethostname(), wanted, now)
+        write_private(key_path, key_pem)
+        write_private(cert_path, cert_pem)
+    pem = cert_path.read_text()
+    return Identity(cert_path, key_path, pem, fingerprint(pem), generated=True)
+
+
+def _minimum(version: str) -> ssl.TLSVersion:
+    return ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
+
+
+def server_context(identity: Identity, min_version: str = "1.2") -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = _minimum(min_version)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.load_cert_chain(identity.cert_path, identity.key_path)
+    return context
+
+
+def client_context(
+    cafile: Path | str | None = None,
+    cadata: str | None = None,
+    insecure: bool = False,
+    min_version: str = "1.2",
+) -> ssl.SSLContext:
+    """Context for talking to other parties (ironic API, tests). Verification is on
+    unless ``insecure`` (ironic's ``ipa-insecure``) is explicitly set."""
+    context = ssl.create_default_context(cafile=str(cafile) if cafile else None, cadata=cadata)
+    context.minimum_version = _minimum(min_version)
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def local_addresses() -> set[IPAddress]:
+    """Loopback plus every non-link-local address of this host (netifaces)."""
+    import netifaces
+
+    found: set[IPAddress] = {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
+    for name in netifaces.interfaces():
+        for family in (netifaces.AF_INET, netifaces.AF_INET6):
+            for entry in netifaces.ifaddresses(name).get(family, []):
+                try:
+                    address = ipaddress.ip_address(entry["addr"].split("%", 1)[0])
+                except (KeyError, ValueError):
+                    continue
+                if not address.is_link_local:
+                    found.add(address)
+    return found
