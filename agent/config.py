@@ -95,6 +95,7 @@ def _urls(text: str) -> tuple[str, ...]:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{url!r} is not an http(s) URL")
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
     return urls
 
 
@@ -219,9 +220,12 @@ def load_config(
                 )
             if isinstance(raw, dict):
                 raise ConfigError(f"{key} ({path}): must be a value, not a table")
+            if isinstance(raw, list) and not all(isinstance(item, str) for item in raw):
+                raise ConfigError(f"{key} ({path}): a list must hold only strings")
             _apply(values, origins, key, raw, str(path), key)
     try:
-        cmdline = cmdline_file.read_text()
+        # Bytes that are not UTF-8 may belong to other parameters, which are not ours.
+        cmdline = cmdline_file.read_bytes().decode("utf-8", errors="replace")
     except OSError as exc:
         raise ConfigError(
             f"cannot read the kernel command line from {cmdline_file}: {exc}"

@@ -67,6 +67,60 @@ def banner(agent: Agent, sock: socket.socket) -> str:
     )
 
 
+class AgentServer:
+    """The agent and its one TLS listener; ``start``/``stop`` for the daemon and tests."""
+
+    def __init__(
+        self, config: Config, power: PowerBackend | None = None, collect_inventory: Any = None
+    ) -> None:
+        self.config = config
+        self.power = power or SystemPower()
+        self.collect_inventory = collect_inventory
+        self.agent: Agent | None = None
+        self.sock: socket.socket | None = None
+        self.runner: web.AppRunner | None = None
+        self.warmup: asyncio.Task[Any] | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.sock is not None
+        port: int = self.sock.getsockname()[1]
+        return port
+
+    async def start(self) -> Agent:
+        from .api import create_app
+
+        config = self.config
+        config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(config.state_dir, 0o700)
+        identity = load_identity(
+            config.state_dir, certificate_addresses(config), config.cert_file, config.key_file
+        )
+        agent = Agent(config, identity, self.power, collect_inventory=self.collect_inventory)
+        agent.ssl_context = server_context(identity, config.tls_min_version)
+        self.runner = web.AppRunner(
+            create_app(agent), access_log=None, handle_signals=False, shutdown_timeout=5
+        )
+        await self.runner.setup()
+        self.sock = listen_socket(config.listen_host, config.listen_port)
+        site = web.SockSite(self.runner, self.sock, ssl_context=agent.ssl_context)
+        await site.start()
+        self.agent = agent
+        # The first inventory is collected after the listener is up, never before it.
+        self.warmup = asyncio.create_task(agent.inventory.get())
+        agent.inventory.watch_udev()
+        return agent
+
+    async def stop(self, reason: str = "agent stopping (SIGTERM)") -> None:
+        if self.warmup is not None:
+            self.warmup.cancel()
+        if self.agent is not None:
+            await self.agent.executor.stop(reason)
+            self.agent.inventory.close()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
 async def serve(
     config: Config,
     power: PowerBackend | None = None,
@@ -74,40 +128,23 @@ async def serve(
     collect_inventory: Any = None,
 ) -> None:
     """Run until ``stop`` is set or SIGTERM/SIGINT arrives."""
-    from .api import create_app
-
-    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(config.state_dir, 0o700)
-    identity = load_identity(
-        config.state_dir, certificate_addresses(config), config.cert_file, config.key_file
-    )
-    agent = Agent(config, identity, power or SystemPower(), collect_inventory=collect_inventory)
-    agent.ssl_context = server_context(identity, config.tls_min_version)
-    runner = web.AppRunner(create_app(agent), access_log=None, handle_signals=False)
-    await runner.setup()
-    sock = listen_socket(config.listen_host, config.listen_port)
-    site = web.SockSite(runner, sock, ssl_context=agent.ssl_context, shutdown_timeout=5)
-    await site.start()
-    print(banner(agent, sock), flush=True)
+    server = AgentServer(config, power, collect_inventory)
+    agent = await server.start()
+    assert server.sock is not None
+    print(banner(agent, server.sock), flush=True)
     if config.mode == "active":
         LOG.error("active mode (lookup and heartbeat) is not implemented yet; serving passively")
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    # The first inventory is collected after the listener is up, never before it.
-    warmup = asyncio.create_task(agent.inventory.get())
-    agent.inventory.watch_udev()
     try:
         await stop.wait()
     finally:
         LOG.warning("tacet-agent stopping")
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        warmup.cancel()
-        await agent.executor.stop("agent stopping (SIGTERM)")
-        agent.inventory.close()
-        await runner.cleanup()
+        await server.stop()
         print("tacet-agent: stopped", flush=True)
 
 

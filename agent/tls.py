@@ -82,14 +82,20 @@ def generate_certificate(
     )
 
 
-def _reusable(cert_path: Path, addresses: set[IPAddress], now: datetime.datetime) -> bool:
+def _reusable(
+    cert_path: Path, key_path: Path, addresses: set[IPAddress], now: datetime.datetime
+) -> bool:
     from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
 
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (OSError, ValueError, x509.ExtensionNotFound):
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError, x509.ExtensionNotFound):
         return False
+    if key.public_key() != cert.public_key():
+        return False  # e.g. a crash between writing the key and the certificate
     covered = set(san.get_values_for_type(x509.IPAddress))
     return cert.not_valid_after_utc - now > MIN_REMAINING and addresses <= covered
 
@@ -120,7 +126,7 @@ def load_identity(
     cert_path, key_path = state_dir / GENERATED_CERT, state_dir / GENERATED_KEY
     now = datetime.datetime.now(datetime.UTC)
     wanted = set(addresses)
-    if not (key_path.exists() and _reusable(cert_path, wanted, now)):
+    if not _reusable(cert_path, key_path, wanted, now):
         cert_pem, key_pem = generate_certificate(hostname or socket.gethostname(), wanted, now)
         write_private(key_path, key_pem)
         write_private(cert_path, cert_pem)

@@ -1,0 +1,208 @@
+"""The command API over real TLS on loopback, client pinned to the agent's certificate."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from agent.commands import Param
+from tests.agent.conftest import TOKEN, start
+
+
+async def test_root_v1_and_status_need_no_token(running):
+    status, root = await running.get("/", token=None)
+    assert status == 200
+    assert root["default_version"]["id"] == "v1"
+    status, v1 = await running.get("/v1/", token=None)
+    assert status == 200 and v1["id"] == "v1"
+    status, body = await running.get("/v1/status", token=None)
+    assert status == 200
+    assert {"started_at", "version", "mode", "node_uuid", "certificate_fingerprint"} <= set(body)
+    assert body["mode"] == "passive"
+    assert body["certificate_fingerprint"] == running.agent.identity.fingerprint
+
+
+async def test_redirects_to_the_slash_form(running):
+    for path, _target in (("/v1", "/v1/"), ("/v1/commands", "/v1/commands/")):
+        status, _ = await running.get(path, token=None)
+        assert status == 308
+    async with running.client.post(f"{running.base}/v1/commands", allow_redirects=False) as r:
+        assert r.status == 308
+        assert r.headers["Location"].startswith("/v1/commands/")
+
+
+async def test_sync_command_result_shape(running):
+    status, result = await running.post({"name": "poll.get_hardware_info", "params": {}})
+    assert status == 200
+    assert set(result) == {
+        "id",
+        "command_name",
+        "command_status",
+        "command_error",
+        "command_result",
+    }
+    assert result["command_name"] == "get_hardware_info"
+    assert result["command_status"] == "SUCCEEDED"
+    assert result["command_result"]["hostname"] == "node-1"
+    status, listing = await running.get("/v1/commands/")
+    assert [r["id"] for r in listing["commands"]] == [result["id"]]
+    status, single = await running.get(f"/v1/commands/{result['id']}")
+    assert single == result
+
+
+async def test_inventory_is_cached_until_refresh(running):
+    _, first = await running.post({"name": "poll.get_hardware_info"})
+    _, second = await running.post({"name": "poll.get_hardware_info"})
+    assert first["command_result"]["calls"] == second["command_result"]["calls"]
+    _, third = await running.post({"name": "poll.get_hardware_info", "params": {"refresh": True}})
+    assert third["command_result"]["calls"] == first["command_result"]["calls"] + 1
+
+
+async def test_token_in_query_or_bearer_header(running):
+    status, _ = await running.post({"name": "standby.sync"}, token=None)
+    assert status == 401
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with running.client.post(
+        f"{running.base}/v1/commands/", json={"name": "standby.sync"}, headers=headers
+    ) as response:
+        assert response.status == 200
+        assert (await response.json())["command_status"] == "SUCCEEDED"
+
+
+async def test_wrong_or_missing_token_is_401_with_fault_body(running):
+    for token in (None, "wrong"):
+        status, body = await running.post({"name": "standby.sync"}, token=token)
+        assert status == 401
+        assert body == {"faultcode": "Client", "faultstring": "401 Unauthorized: Token invalid."}
+        status, body = await running.get("/v1/commands/", token=token)
+        assert status == 401 and "faultstring" in body
+    assert sum(running.agent.rejections.values()) == 4
+
+
+async def test_bad_requests_get_documented_codes_and_agent_keeps_serving(running):
+    cases = [
+        (None, b"{not json", 400),
+        ({"params": {}}, None, 400),  # missing name
+        ({"name": "nodot"}, None, 400),
+        ({"name": "nosuch.command"}, None, 404),  # unknown extension
+        ({"name": "poll.nosuch"}, None, 400),  # unknown command of a known extension
+        ({"name": "poll.get_hardware_info", "params": {"refresh": "yes"}}, None, 400),
+        ({"name": "poll.get_hardware_info", "params": {"bogus": 1}}, None, 400),
+        ({"name": "poll.get_hardware_info", "params": [1, 2]}, None, 400),
+        ({"name": 42}, None, 400),
+        ([1, 2, 3], None, 400),
+    ]
+    for body, raw, code in cases:
+        status, fault = await running.post(body, raw=raw)
+        assert status == code, (body, raw, fault)
+        assert fault["faultcode"] == "Client" and fault["faultstring"]
+    status, fault = await running.post({"name": "poll.get_hardware_info", "params": {"refresh": 1}})
+    assert status == 400 and fault["faultstring"].startswith("Invalid command parameters: ")
+    status, fault = await running.get("/v1/commands/no-such-id")
+    assert status == 404 and fault["faultstring"]
+    status, fault = await running.get("/no/such/route", token=None)
+    assert status == 404 and fault["faultstring"]
+    status, _ = await running.get("/v1/status", token=None)
+    assert status == 200
+
+
+async def test_oversized_body_is_413(running):
+    raw = b'{"name": "poll.get_hardware_info", "params": {"x": "' + b"a" * (1024 * 1024) + b'"}}'
+    status, fault = await running.post(None, raw=raw)
+    assert status == 413
+    assert "too large" in fault["faultstring"]
+    status, _ = await running.get("/v1/status", token=None)
+    assert status == 200
+
+
+async def test_exception_inside_a_command_becomes_command_error(running):
+    async def explode(value: int = 0) -> None:
+        raise TypeError(f"cannot handle {value}")
+
+    running.agent.registry.add("test", "explode", explode, params={"value": Param((int,))})
+    status, result = await running.post({"name": "test.explode", "params": {"value": 3}})
+    assert status == 200
+    assert result["command_status"] == "FAILED"
+    assert result["command_error"]["type"] == "TypeError"
+    assert result["command_error"]["message"] == "cannot handle 3"
+    status, listing = await running.get("/v1/commands/")
+    assert status == 200 and listing["commands"][-1]["command_status"] == "FAILED"
+
+
+async def test_async_command_busy_rule_and_wait(running):
+    release = asyncio.Event()
+
+    async def slow() -> str:
+        await release.wait()
+        return "done"
+
+    running.agent.registry.add("test", "slow", slow, is_async=True)
+    status, result = await running.post({"name": "test.slow"})
+    assert status == 200 and result["command_status"] == "RUNNING"
+    status, fault = await running.post({"name": "standby.sync"})
+    assert status == 409 and "Agent is busy" in fault["faultstring"]
+    waiter = asyncio.create_task(running.get(f"/v1/commands/{result['id']}", wait="true"))
+    await asyncio.sleep(0.1)
+    assert not waiter.done()
+    release.set()
+    status, finished = await waiter
+    assert finished["command_status"] == "SUCCEEDED"
+    assert finished["command_result"] == {"result": "slow: done"}
+    status, _ = await running.post({"name": "standby.sync"})
+    assert status == 200
+
+
+async def test_history_is_bounded_but_keeps_order(tmp_path):
+    run = await start(tmp_path / "state", command_history=3)
+    try:
+        ids = []
+        for _ in range(5):
+            _, result = await run.post({"name": "standby.sync"})
+            ids.append(result["id"])
+        _, listing = await run.get("/v1/commands/")
+        assert [r["id"] for r in listing["commands"]] == ids[-3:]
+    finally:
+        await run.client.close()
+        await run.server.stop()
+
+
+async def test_power_commands_use_the_backend(running):
+    _, result = await running.post({"name": "standby.power_off"}, wait=True)
+    assert result["command_status"] == "SUCCEEDED"
+    assert running.power.calls == ["power_off"]
+    _, result = await running.post({"name": "standby.run_image"}, wait=True)
+    assert running.power.calls == ["power_off", "reboot"]
+
+
+async def test_steps_advertise_nothing_unimplemented(running):
+    for name, key in (
+        ("clean.get_clean_steps", "clean_steps"),
+        ("deploy.get_deploy_steps", "deploy_steps"),
+    ):
+        _, result = await running.post({"name": name, "params": {"node": {}, "ports": []}})
+        steps = result["command_result"][key]
+        assert all(step_list == [] for step_list in steps.values())
+        assert set(result["command_result"]["hardware_manager_version"]) == set(steps)
+
+
+async def test_collect_system_logs_is_a_tar_gz(running):
+    import base64
+    import io
+    import tarfile
+
+    _, result = await running.post({"name": "log.collect_system_logs"})
+    data = base64.b64decode(result["command_result"]["system_logs"])
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+        names = archive.getnames()
+    assert {"dmesg.txt", "ip-addr.txt", "lsblk.txt", "tacet-agent.log"} <= set(names)
+
+
+async def test_client_without_the_agent_certificate_is_refused(running):
+    async with aiohttp.ClientSession() as default_client:
+        try:
+            await default_client.get(f"{running.base}/v1/status")
+        except aiohttp.ClientConnectorCertificateError:
+            pass
+        else:
+            raise AssertionError("a self-signed agent certificate must not verify by default")
