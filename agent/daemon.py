@@ -80,6 +80,7 @@ class AgentServer:
         self.sock: socket.socket | None = None
         self.runner: web.AppRunner | None = None
         self.warmup: asyncio.Task[Any] | None = None
+        self.ironic: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -109,11 +110,16 @@ class AgentServer:
         # The first inventory is collected after the listener is up, never before it.
         self.warmup = asyncio.create_task(agent.inventory.get())
         agent.inventory.watch_udev()
+        if config.mode == "active":
+            from .ironic import IronicClient
+
+            self.ironic = asyncio.create_task(IronicClient(agent, self.port).run())
         return agent
 
     async def stop(self, reason: str = "agent stopping (SIGTERM)") -> None:
-        if self.warmup is not None:
-            self.warmup.cancel()
+        for task in (self.warmup, self.ironic):
+            if task is not None:
+                task.cancel()
         if self.agent is not None:
             await self.agent.executor.stop(reason)
             self.agent.inventory.close()
@@ -132,15 +138,21 @@ async def serve(
     agent = await server.start()
     assert server.sock is not None
     print(banner(agent, server.sock), flush=True)
-    if config.mode == "active":
-        LOG.error("active mode (lookup and heartbeat) is not implemented yet; serving passively")
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
+    if server.ironic is not None:
+        waiters.append(server.ironic)
     try:
-        await stop.wait()
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if server.ironic is not None and server.ironic.done() and not server.ironic.cancelled():
+            # Like IPA: a failed lookup ends the process and systemd starts it again.
+            failure = server.ironic.exception()
+            raise SystemExit(f"tacet-agent: active mode failed: {failure}")
     finally:
+        waiters[0].cancel()
         LOG.warning("tacet-agent stopping")
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -69,9 +69,9 @@ def make_config(state_dir: Path, **overrides: Any) -> Config:
     return Config(**values)
 
 
-async def start(state_dir: Path, **overrides: Any) -> Running:
+async def start(state_dir: Path, inventory: Any = None, **overrides: Any) -> Running:
     power = RecordingPower()
-    inventory = FakeInventory()
+    inventory = inventory or FakeInventory()
     server = AgentServer(make_config(state_dir, **overrides), power, collect_inventory=inventory)
     agent = await server.start()
     client = aiohttp.ClientSession(
