@@ -1,0 +1,231 @@
+"""Agent performance next to a bare aiohttp TLS app, both on loopback over TLS.
+
+Prints, for tacet-agent and the bare "hello" app started and loaded the same way:
+process start to first TLS answer of /v1/status (median), RSS after start, RSS growth
+after many requests, /v1/status throughput and p99 under 50 keep-alive connections
+(wrk), new-connection TLS handshake p50; and for the agent poll.get_hardware_info
+p50 from cache and with refresh. Run with nothing else loaded:
+
+    .venv/bin/python bench/agent.py [--starts 10] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TOKEN = "bench-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Target:
+    def __init__(self, name: str, workdir: Path) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.workdir / "state" / "agent-cert.pem"))
+
+    def start(self) -> float:
+        """Start the process; seconds until /v1/status answered over TLS."""
+        self.port = free_port()
+        began = time.perf_counter()
+        self.process = subprocess.Popen(
+            self.command(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = began + 30
+        while time.perf_counter() < deadline:
+            try:
+                with (
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw,
+                    self.context().wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+                ):
+                    tls.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    if tls.recv(64).startswith(b"HTTP/1.1 200"):
+                        return time.perf_counter() - began
+            except (OSError, ssl.SSLError):
+                time.sleep(0.005)
+        raise RuntimeError(f"{self.name} did not answer")
+
+    def rss_mib(self) -> float:
+        assert self.process is not None
+        return psutil.Process(self.process.pid).memory_info().rss / 2**20
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(30)
+            self.process = None
+
+
+class AgentTarget(Target):
+    def command(self) -> list[str]:
+        (self.workdir / "etc").mkdir(exist_ok=True)
+        (self.workdir / "cmdline").write_text(
+            f"ipa-listen-host=127.0.0.1 ipa-listen-port={self.port} ipa-agent-token={TOKEN}\n"
+        )
+        return [
+            sys.executable,
+            "-m",
+            "agent",
+            "--cmdline-file",
+            str(self.workdir / "cmdline"),
+            "--config-dir",
+            str(self.workdir / "etc"),
+            "--state-dir",
+            str(self.workdir / "state"),
+            "--power-backend",
+            "recording",
+        ]
+
+
+class HelloTarget(Target):
+    def command(self) -> list[str]:
+        state = self.workdir / "state"
+        return [
+            sys.executable,
+            str(ROOT / "bench" / "hello_tls.py"),
+            str(self.port),
+            str(state / "agent-cert.pem"),
+            str(state / "agent-key.pem"),
+        ]
+
+
+def wrk(target: Target, seconds: int) -> tuple[float, float]:
+    """(requests/s, p99 ms) for /v1/status with 50 keep-alive connections."""
+    done = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            "-c50",
+            f"-d{seconds}s",
+            "--latency",
+            f"https://127.0.0.1:{target.port}/v1/status",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", done.stdout).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", done.stdout).groups()  # type: ignore[union-attr]
+    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return rps, p99
+
+
+def handshakes(target: Target, count: int = 200) -> float:
+    """p50 ms of TCP connect + TLS handshake on a new connection."""
+    context = target.context()
+    samples = []
+    for _ in range(count):
+        began = time.perf_counter()
+        with (
+            socket.create_connection(("127.0.0.1", target.port)) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1"),
+        ):
+            samples.append((time.perf_counter() - began) * 1000)
+    return statistics.median(samples)
+
+
+async def inventory_latency(target: Target, count: int) -> tuple[float, float]:
+    import aiohttp
+
+    url = f"https://127.0.0.1:{target.port}/v1/commands/?agent_token={TOKEN}"
+    connector = aiohttp.TCPConnector(ssl=target.context())
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(refresh: bool) -> float:
+            body = {"name": "poll.get_hardware_info", "params": {"refresh": refresh}}
+            began = time.perf_counter()
+            async with session.post(url, json=body) as response:
+                result = await response.json()
+            assert result["command_status"] == "SUCCEEDED", result
+            return (time.perf_counter() - began) * 1000
+
+        await one(False)
+        cached = [await one(False) for _ in range(count)]
+        fresh = [await one(True) for _ in range(max(20, count // 10))]
+    return statistics.median(cached), statistics.median(fresh)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--starts", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per target")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install wrk)")
+        return 1
+    workdir = Path(tempfile.mkdtemp(prefix="tacet-bench-"))
+    agent, hello = AgentTarget("tacet-agent", workdir), HelloTarget("bare aiohttp TLS", workdir)
+    rows: dict[str, dict[str, str]] = {}
+    for target in (agent, hello):  # the agent first: it creates the certificate both use
+        starts = []
+        for _ in range(args.starts):
+            starts.append(target.start())
+            target.stop()
+        starts_ms = statistics.median(starts) * 1000
+        target.start()
+        rss_start = target.rss_mib()
+        wrk(target, 2)  # warm-up: allocator pools and TLS session state fill once
+        rss_warm = target.rss_mib()
+        rps, p99 = wrk(target, args.seconds)
+        rss_after = target.rss_mib()
+        requests = int(rps * args.seconds)
+        shake = handshakes(target)
+        row = {
+            "start to first TLS answer, median ms": f"{starts_ms:.0f}",
+            "RSS after start, MiB": f"{rss_start:.1f}",
+            "RSS growth during the measured run, MiB": f"{rss_after - rss_warm:+.1f}",
+            "requests in the measured run": f"{requests}",
+            "/v1/status req/s (50 conns, wrk)": f"{rps:.0f}",
+            "/v1/status p99 ms": f"{p99:.2f}",
+            "new-connection handshake p50 ms": f"{shake:.2f}",
+        }
+        if target is agent:
+            cached, fresh = asyncio.run(inventory_latency(target, 500))
+            row["get_hardware_info p50 ms, cached"] = f"{cached:.2f}"
+            row["get_hardware_info p50 ms, refresh"] = f"{fresh:.2f}"
+        target.stop()
+        rows[target.name] = row
+    keys = list(rows[agent.name])
+    width = max(len(k) for k in keys)
+    print(f"{'':<{width}}  {'tacet-agent':>12}  {'bare app':>10}")
+    for key in keys:
+        print(f"{key:<{width}}  {rows[agent.name][key]:>12}  {rows[hello.name].get(key, '-'):>10}")
+    ratio = float(rows[agent.name]["/v1/status req/s (50 conns, wrk)"]) / float(
+        rows[hello.name]["/v1/status req/s (50 conns, wrk)"]
+    )
+    print(f"throughput ratio agent/bare: {ratio:.2f}")
+    print(json.dumps({"workdir": str(workdir)}))
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
