@@ -55,10 +55,12 @@ class Agent:
         )
         self.node_info: dict[str, Any] | None = self.state.get("node_info")
         if collect_inventory is None:
-            from hardware import collect_inventory as collect
-            from hardware import live_sources
 
             def collect_inventory() -> dict[str, Any]:
+                # Imported on first use, after the listener is up: keeps start-up short.
+                from hardware import collect_inventory as collect
+                from hardware import live_sources
+
                 return collect(live_sources(cmdline=config.cmdline)).to_dict()
 
         self.inventory = InventoryCache(collect_inventory, config.inventory_max_age)
