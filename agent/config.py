@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Config:
     api_urls: tuple[str, ...] = ()
-    agent_token: str | None = None
+    agent_token: str | None = field(default=None, repr=False)
     global_request_id: str | None = None
     listen_host: str = "::"
     listen_port: int = 9999
@@ -45,7 +45,7 @@ class Config:
     command_history: int = 100
     inventory_max_age: float = 300.0
     max_body_bytes: int = 1024 * 1024
-    cmdline: str = ""
+    cmdline: str = field(default="", repr=False)  # may carry ipa-agent-token
     config_dir: Path = DEFAULT_CONFIG_DIR
     state_dir: Path = DEFAULT_STATE_DIR
     origins: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -242,6 +242,8 @@ def load_config(
             name = IRONIC_NAMES[key]
         else:
             continue  # other kernel parameters are not ours
+        if raw == "" and SETTINGS[name].parse is _bool:
+            raw = "true"  # a bare flag such as ``ipa-debug`` means on
         _apply(values, origins, name, raw, KERNEL, key)
     config = Config(cmdline=cmdline.strip(), config_dir=config_dir, state_dir=state_dir, **values)
     if (config.cert_file is None) != (config.key_file is None):
