@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -147,12 +148,34 @@ async def get_command(request: web.Request) -> web.Response:
     return web.json_response(result.serialize())
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def parse_body(raw: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity (they would be echoed back as invalid JSON)."""
+    return json.loads(raw or b"null", parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 async def run_command(request: web.Request) -> web.Response:
     agent = request.app[AGENT_KEY]
-    raw = await request.read()
     try:
-        body = json.loads(raw or b"null")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = await request.read()
+    except web.RequestPayloadError as exc:  # e.g. a corrupt gzip body
+        await authorize(request, None)
+        reason = " ".join(str(exc).split())
+        raise CommandError(f"Invalid request body: {reason}", code=400) from None
+    try:
+        body = parse_body(raw)
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and over-long integers.
         await authorize(request, None)
         raise CommandError(f"Invalid JSON body: {exc}", code=400) from None
     name = body.get("name") if isinstance(body, dict) else None
@@ -169,8 +192,9 @@ async def run_command(request: web.Request) -> web.Response:
 
 def redirect(target: str) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
-        location = request.url.with_path(target).relative()
-        raise web.HTTPPermanentRedirect(location=str(location))
+        # Keep the query: a client following the redirect must not lose agent_token or wait.
+        query = request.rel_url.raw_query_string
+        raise web.HTTPPermanentRedirect(location=f"{target}?{query}" if query else target)
 
     return handler
 

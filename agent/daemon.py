@@ -21,6 +21,7 @@ from .power import PowerBackend, SystemPower
 from .tls import load_identity, local_addresses, server_context
 
 LOG = logging.getLogger(__name__)
+WARMUP_DELAY = 0.5  # seconds after the listener is up
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
@@ -107,14 +108,19 @@ class AgentServer:
         site = web.SockSite(self.runner, self.sock, ssl_context=agent.ssl_context)
         await site.start()
         self.agent = agent
-        # The first inventory is collected after the listener is up, never before it.
-        self.warmup = asyncio.create_task(agent.inventory.get())
-        agent.inventory.watch_udev()
+        # The first inventory is collected after the listener is up and has had a moment
+        # to answer the conductor's first probes, never before it.
+        self.warmup = asyncio.create_task(self._warm_up(agent))
         if config.mode == "active":
             from .ironic import IronicClient
 
             self.ironic = asyncio.create_task(IronicClient(agent, self.port).run())
         return agent
+
+    async def _warm_up(self, agent: Agent) -> None:
+        await asyncio.sleep(WARMUP_DELAY)
+        agent.inventory.watch_udev()
+        await agent.inventory.get()
 
     async def stop(self, reason: str = "agent stopping (SIGTERM)") -> None:
         for task in (self.warmup, self.ironic):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,9 @@ class InventoryCache:
 
     def watch_udev(self) -> bool:
         """Invalidate on udev block/net events; False when there is no udev to watch."""
+        if not os.path.exists("/run/udev/control"):
+            LOG.info("inventory: no udev daemon; refreshing by age only")
+            return False
         try:
             import pyudev
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
+import json
 import os
 import socket
 import ssl
@@ -21,11 +22,15 @@ from pathlib import Path
 
 GENERATED_CERT = "agent-cert.pem"
 GENERATED_KEY = "agent-key.pem"
+# Facts about the generated certificate, so a restart can reuse it without importing
+# and running an X.509 parser (start-up time matters: the conductor is polling).
+GENERATED_FACTS = "agent-cert.json"
 VALIDITY = datetime.timedelta(days=30)
 BACKDATE = datetime.timedelta(hours=1)
 # Regenerate rather than serve a certificate about to expire.
 MIN_REMAINING = datetime.timedelta(days=1)
 
+IPv4Address, IPv6Address = ipaddress.IPv4Address, ipaddress.IPv6Address
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -96,8 +101,61 @@ def _reusable(
         return False
     if key.public_key() != cert.public_key():
         return False  # e.g. a crash between writing the key and the certificate
-    covered = set(san.get_values_for_type(x509.IPAddress))
-    return cert.not_valid_after_utc - now > MIN_REMAINING and addresses <= covered
+    covered = {
+        a
+        for a in san.get_values_for_type(x509.IPAddress)
+        if isinstance(a, IPv4Address | IPv6Address)
+    }
+    ok = cert.not_valid_after_utc - now > MIN_REMAINING and addresses <= covered
+    if ok:  # remember the facts so the next start needs no X.509 parsing
+        _store_facts(cert_path, covered, cert.not_valid_before_utc, cert.not_valid_after_utc)
+    return ok
+
+
+def _pair_loads(cert_path: Path, key_path: Path) -> bool:
+    """The key belongs to the certificate (OpenSSL checks this when loading the pair)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_path, key_path)
+    except (OSError, ssl.SSLError):
+        return False
+    return True
+
+
+def _reusable_by_facts(
+    cert_path: Path, key_path: Path, addresses: set[IPAddress], now: datetime.datetime
+) -> bool | None:
+    """Fast check from the facts file; None when the facts are missing or do not apply."""
+    try:
+        facts = json.loads((cert_path.parent / GENERATED_FACTS).read_text())
+        pem = cert_path.read_text()
+        if facts["fingerprint"] != fingerprint(pem):
+            return None  # the certificate was replaced: decide by parsing it
+        covered = {ipaddress.ip_address(a) for a in facts["addresses"]}
+        not_before = datetime.datetime.fromisoformat(facts["not_before"])
+        not_after = datetime.datetime.fromisoformat(facts["not_after"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (
+        not_before <= now
+        and not_after - now > MIN_REMAINING
+        and addresses <= covered
+        and _pair_loads(cert_path, key_path)
+    )
+
+
+def _store_facts(
+    cert_path: Path,
+    addresses: Iterable[IPAddress],
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+) -> None:
+    facts = {
+        "fingerprint": fingerprint(cert_path.read_text()),
+        "addresses": sorted(str(a) for a in addresses),
+        "not_before": not_before.isoformat(),
+        "not_after": not_after.isoformat(),
+    }
+    write_private(cert_path.parent / GENERATED_FACTS, json.dumps(facts).encode())
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -126,10 +184,14 @@ def load_identity(
     cert_path, key_path = state_dir / GENERATED_CERT, state_dir / GENERATED_KEY
     now = datetime.datetime.now(datetime.UTC)
     wanted = set(addresses)
-    if not _reusable(cert_path, key_path, wanted, now):
+    reusable = _reusable_by_facts(cert_path, key_path, wanted, now)
+    if reusable is None:
+        reusable = _reusable(cert_path, key_path, wanted, now)
+    if not reusable:
         cert_pem, key_pem = generate_certificate(hostname or socket.gethostname(), wanted, now)
         write_private(key_path, key_pem)
         write_private(cert_path, cert_pem)
+        _store_facts(cert_path, wanted, now - BACKDATE, now + VALIDITY)
     pem = cert_path.read_text()
     return Identity(cert_path, key_path, pem, fingerprint(pem), generated=True)
 

@@ -408,3 +408,26 @@ def test_handshake_checks_the_address(identity: Identity) -> None:
 def test_handshake_insecure_client_without_ca(identity: Identity) -> None:
     _, _, data = handshake(server_context(identity), client_context(insecure=True))
     assert data == b"ok"
+
+
+def test_restart_reuses_identity_from_facts_without_parsing(tmp_path, monkeypatch):
+    import ipaddress
+
+    from agent import tls
+
+    addresses = [ipaddress.ip_address("127.0.0.1")]
+    first = tls.load_identity(tmp_path, addresses, hostname="node-1")
+    assert (tmp_path / tls.GENERATED_FACTS).exists()
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("X.509 parsing on the fast path")
+
+    monkeypatch.setattr(tls, "_reusable", no_parsing)
+    second = tls.load_identity(tmp_path, addresses, hostname="node-1")
+    assert second.fingerprint == first.fingerprint
+    # a key that no longer matches is caught by the fast path too
+    other_cert, other_key = tls.generate_certificate("x", addresses)
+    (tmp_path / tls.GENERATED_KEY).write_bytes(other_key)
+    monkeypatch.undo()
+    third = tls.load_identity(tmp_path, addresses, hostname="node-1")
+    assert third.fingerprint != first.fingerprint
