@@ -426,8 +426,7 @@ def test_restart_reuses_identity_from_facts_without_parsing(tmp_path, monkeypatc
     second = tls.load_identity(tmp_path, addresses, hostname="node-1")
     assert second.fingerprint == first.fingerprint
     # a key that no longer matches is caught by the fast path too
-    other_cert, other_key = tls.generate_certificate("x", addresses)
+    _other_cert, other_key = tls.generate_certificate("x", addresses)
     (tmp_path / tls.GENERATED_KEY).write_bytes(other_key)
-    monkeypatch.undo()
     third = tls.load_identity(tmp_path, addresses, hostname="node-1")
     assert third.fingerprint != first.fingerprint
