@@ -100,8 +100,15 @@ class AgentServer:
         )
         agent = Agent(config, identity, self.power, collect_inventory=self.collect_inventory)
         agent.ssl_context = server_context(identity, config.tls_min_version)
+        # auto_decompress=False: request bodies are taken as sent (ironic never compresses).
+        # Decoding them in aiohttp's parser turned a truncated gzip/deflate body, or a br/zstd
+        # one, into a plain-text 400 outside the API's JSON faults.
         self.runner = web.AppRunner(
-            create_app(agent), access_log=None, handle_signals=False, shutdown_timeout=5
+            create_app(agent),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=5,
+            auto_decompress=False,
         )
         await self.runner.setup()
         self.sock = listen_socket(config.listen_host, config.listen_port)
