@@ -76,6 +76,8 @@ async def authorize(request: web.Request, command_name: str | None) -> None:
     ``command_name`` is the command a POST asks for (None for reading results).
     """
     agent = request.app[AGENT_KEY]
+    if agent.config.client_ca_file is not None and has_client_certificate(request):
+        return  # the handshake verified it against the client CA (and the allowlist)
     if agent.has_token:
         if agent.token_matches(presented_token(request)):
             return
@@ -84,9 +86,29 @@ async def authorize(request: web.Request, command_name: str | None) -> None:
         return
     else:
         reason = "agent has no token yet; only inventory and set_node_info are served"
-    agent.rejections[reason] += 1
-    LOG.warning("refused %s %s from %s: %s", request.method, request.path, peer(request), reason)
+    agent.guard.refuse(peer(request), "token", f"{request.method} {request.path}: {reason}")
     raise CommandError(TOKEN_INVALID, code=401)
+
+
+def has_client_certificate(request: web.Request) -> bool:
+    transport = request.transport
+    return bool(transport is not None and transport.get_extra_info("peercert"))
+
+
+@web.middleware
+async def throttle_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A peer with repeated failures waits before it may use /v1/commands again."""
+    if request.method in ("GET", "POST") and request.path.startswith("/v1/commands/"):
+        guard = request.app[AGENT_KEY].guard
+        wait = guard.retry_after(peer(request))
+        if wait > 0:
+            guard.throttled(peer(request))
+            return fault(
+                429,
+                "Too many failed attempts; retry later",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
+    return await handler(request)
 
 
 async def root(request: web.Request) -> web.Response:
@@ -205,7 +227,8 @@ async def not_found(request: web.Request) -> web.Response:
 
 def create_app(agent: Agent) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware], client_max_size=agent.config.max_body_bytes
+        middlewares=[errors_middleware, throttle_middleware],
+        client_max_size=agent.config.max_body_bytes,
     )
     app[AGENT_KEY] = agent
     app.router.add_get("/", root)

@@ -42,6 +42,8 @@ class Config:
     debug: bool = False
     cert_file: Path | None = None
     key_file: Path | None = None
+    client_ca_file: Path | None = None
+    client_allowlist: tuple[str, ...] = ()
     command_history: int = 100
     inventory_max_age: float = 300.0
     max_body_bytes: int = 1024 * 1024
@@ -116,6 +118,43 @@ def _path(text: str) -> Path:
     return Path(_text(text))
 
 
+def _patterns(text: str) -> tuple[str, ...]:
+    patterns = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not patterns:
+        raise ValueError("must list at least one name pattern")
+    return patterns
+
+
+# Per-node secrets land in the config directory (baked into the image, or unpacked from
+# the initrd iPXE appends). These well-known names are used when present.
+CLIENT_CA_NAME = "client-ca.pem"
+SERVER_CERT_NAME = "server-cert.pem"
+SERVER_KEY_NAME = "server-key.pem"
+TOKEN_NAME = "token"
+
+
+def _discover_files(config_dir: Path, values: dict[str, Any], origins: dict[str, str]) -> None:
+    """Fill unset file settings from the well-known files in the config directory."""
+    ca = config_dir / CLIENT_CA_NAME
+    if "client_ca_file" not in values and ca.is_file():
+        values["client_ca_file"], origins["client_ca_file"] = ca, str(ca)
+    cert, key = config_dir / SERVER_CERT_NAME, config_dir / SERVER_KEY_NAME
+    if "cert_file" not in values and "key_file" not in values and cert.is_file() and key.is_file():
+        values["cert_file"], origins["cert_file"] = cert, str(cert)
+        values["key_file"], origins["key_file"] = key, str(key)
+    token = config_dir / TOKEN_NAME
+    if "agent_token" not in values and token.is_file():
+        if token.stat().st_mode & 0o077:
+            raise ConfigError(f"{token}: the token file must not be readable by others (0600)")
+        try:
+            text = token.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{token}: cannot read the token: {exc}") from None
+        if not text:
+            raise ConfigError(f"{token}: the token file is empty")
+        values["agent_token"], origins["agent_token"] = text, str(token)
+
+
 @dataclass(frozen=True)
 class Setting:
     field: str
@@ -140,6 +179,8 @@ SETTINGS: dict[str, Setting] = {
     "debug": Setting("debug", _bool, "ipa-debug"),
     "cert-file": Setting("cert_file", _path),
     "key-file": Setting("key_file", _path),
+    "client-ca-file": Setting("client_ca_file", _path),
+    "client-allowlist": Setting("client_allowlist", _patterns),
     "command-history": Setting("command_history", _positive_int),
     "inventory-max-age": Setting("inventory_max_age", _positive_float),
     "max-body-bytes": Setting("max_body_bytes", _positive_int),
@@ -223,6 +264,7 @@ def load_config(
             if isinstance(raw, list) and not all(isinstance(item, str) for item in raw):
                 raise ConfigError(f"{key} ({path}): a list must hold only strings")
             _apply(values, origins, key, raw, str(path), key)
+    _discover_files(config_dir, values, origins)
     try:
         # Bytes that are not UTF-8 may belong to other parameters, which are not ours.
         cmdline = cmdline_file.read_bytes().decode("utf-8", errors="replace")

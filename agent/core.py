@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import collections
+import functools
 import hashlib
 import hmac
 import logging
@@ -13,6 +13,7 @@ from typing import Any
 from . import __version__
 from .commands import CommandResult, Executor, Registry
 from .config import Config
+from .guard import Guard
 from .inventory_cache import InventoryCache
 from .power import PowerBackend
 from .state import StateStore
@@ -46,7 +47,7 @@ class Agent:
             history_limit=config.command_history,
             on_async_done=self._async_done,
         )
-        self.rejections: collections.Counter[str] = collections.Counter()
+        self.guard = Guard()
         self.async_done_callbacks: list[Any] = []
         # A token set after start (set_node_info, lookup) was persisted and wins over the
         # command line, so a restart never falls back to an older or absent token.
@@ -95,17 +96,56 @@ class Agent:
         return uuid if isinstance(uuid, str) else None
 
     def status(self) -> dict[str, Any]:
-        return {
+        status = {
             "started_at": self.started_at,
             "version": __version__,
             "mode": self.config.mode,
             "node_uuid": self.node_uuid,
             "certificate_fingerprint": self.identity.fingerprint,
+            "rejections": self.guard.summary(),
+        }
+        if self.config.agent_token:
+            status["binding"] = self.binding()
+        return status
+
+    @functools.cache  # noqa: B019 - one Agent per process; the certificate never changes
+    def binding(self) -> dict[str, Any]:
+        """Proof that the holder of the pre-shared token serves this certificate.
+
+        See docs/security.md ("Token binding") for the exact construction.
+        """
+        assert self.config.agent_token is not None
+        spki = spki_sha256(self.identity.cert_pem)
+        return {
+            "version": BINDING_VERSION,
+            "spki_sha256": spki,
+            "hmac_sha256": binding_hmac(self.config.agent_token, spki),
         }
 
     def _async_done(self, result: CommandResult) -> None:
         for callback in self.async_done_callbacks:
             callback(result)
+
+
+BINDING_VERSION = 1
+BINDING_LABEL = "tacet-binding-v1:"
+
+
+def spki_sha256(cert_pem: str) -> str:
+    """Lower-case hex SHA-256 of the certificate's DER SubjectPublicKeyInfo."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    public_key = x509.load_pem_x509_certificate(cert_pem.encode()).public_key()
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def binding_hmac(token: str, spki_hex: str) -> str:
+    message = (BINDING_LABEL + spki_hex).encode("ascii")
+    return hmac.new(token.encode("utf-8"), message, hashlib.sha256).hexdigest()
 
 
 def masked(node_info: dict[str, Any]) -> dict[str, Any]:

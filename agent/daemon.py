@@ -17,6 +17,7 @@ from aiohttp import web
 from . import __version__
 from .config import Config
 from .core import Agent
+from .gate import TlsGate
 from .power import PowerBackend, SystemPower
 from .tls import load_identity, local_addresses, server_context
 
@@ -82,6 +83,7 @@ class AgentServer:
         self.runner: web.AppRunner | None = None
         self.warmup: asyncio.Task[Any] | None = None
         self.ironic: asyncio.Task[None] | None = None
+        self.tcp_server: asyncio.Server | None = None
 
     @property
     def port(self) -> int:
@@ -99,7 +101,7 @@ class AgentServer:
             config.state_dir, certificate_addresses(config), config.cert_file, config.key_file
         )
         agent = Agent(config, identity, self.power, collect_inventory=self.collect_inventory)
-        agent.ssl_context = server_context(identity, config.tls_min_version)
+        agent.ssl_context = server_context(identity, config.tls_min_version, config.client_ca_file)
         # auto_decompress=False: request bodies are taken as sent (ironic never compresses).
         # Decoding them in aiohttp's parser turned a truncated gzip/deflate body, or a br/zstd
         # one, into a plain-text 400 outside the API's JSON faults.
@@ -112,8 +114,12 @@ class AgentServer:
         )
         await self.runner.setup()
         self.sock = listen_socket(config.listen_host, config.listen_port)
-        site = web.SockSite(self.runner, self.sock, ssl_context=agent.ssl_context)
-        await site.start()
+        context, server = agent.ssl_context, self.runner.server
+        assert server is not None
+        self.tcp_server = await asyncio.get_running_loop().create_server(
+            lambda: TlsGate(context, server, agent.guard, config.client_allowlist),
+            sock=self.sock,
+        )
         self.agent = agent
         # The first inventory is collected after the listener is up and has had a moment
         # to answer the conductor's first probes, never before it.
@@ -136,6 +142,8 @@ class AgentServer:
         if self.agent is not None:
             await self.agent.executor.stop(reason)
             self.agent.inventory.close()
+        if self.tcp_server is not None:
+            self.tcp_server.close()
         if self.runner is not None:
             await self.runner.cleanup()
 

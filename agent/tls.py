@@ -200,11 +200,18 @@ def _minimum(version: str) -> ssl.TLSVersion:
     return ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
 
 
-def server_context(identity: Identity, min_version: str = "1.2") -> ssl.SSLContext:
+def server_context(
+    identity: Identity, min_version: str = "1.2", client_ca: Path | None = None
+) -> ssl.SSLContext:
+    """The listener's context; with ``client_ca`` the handshake demands a client certificate
+    chained to it (mutual TLS)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = _minimum(min_version)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.load_cert_chain(identity.cert_path, identity.key_path)
+    if client_ca is not None:
+        context.load_verify_locations(cafile=str(client_ca))
+        context.verify_mode = ssl.CERT_REQUIRED
     return context
 
 

@@ -77,7 +77,7 @@ async def test_wrong_or_missing_token_is_401_with_fault_body(running):
         assert body == {"faultcode": "Client", "faultstring": "401 Unauthorized: Token invalid."}
         status, body = await running.get("/v1/commands/", token=token)
         assert status == 401 and "faultstring" in body
-    assert sum(running.agent.rejections.values()) == 4
+    assert running.agent.guard.summary() == {"token": 4}
 
 
 async def test_bad_requests_get_documented_codes_and_agent_keeps_serving(running):

@@ -142,6 +142,13 @@ def broken(target: str) -> Callable[[Running, pytest.MonkeyPatch], Awaitable[dic
     return prepare
 
 
+async def throttled(run: Running, _mp: pytest.MonkeyPatch) -> dict[str, str]:
+    """Hold this client's address off, as repeated failures would."""
+    for _ in range(run.agent.guard.max_failures):
+        run.agent.guard.refuse("127.0.0.1", "token", "test: repeated failures")
+    return {"result_id": "any"}
+
+
 def location(expected: str) -> Callable[[Any, dict[str, str]], None]:
     def check(_body: Any, headers: dict[str, str]) -> None:
         assert headers["Location"] == expected
@@ -305,6 +312,9 @@ CASES = [
     ),
     Case("post-too-large-no-token", "POST", "/v1/commands/", 413, token=None, raw=b" " * 1048577),
     Case("post-500", "POST", "/v1/commands/", 500, body=SYNC, prepare=broken("execute")),
+    Case("post-throttled", "POST", "/v1/commands/", 429, body=SYNC, prepare=throttled),
+    Case("list-throttled", "GET", "/v1/commands/", 429, prepare=throttled),
+    Case("get-throttled", "GET", "/v1/commands/{result_id}", 429, prepare=throttled),
     Case("get", "GET", "/v1/commands/{result_id}", 200, prepare=a_result),
     Case(
         "get-wait",

@@ -1,0 +1,74 @@
+"""Counting and slowing down refused peers: one place for every rejection.
+
+Every refused handshake or request is logged with the peer address, the reason and
+the time, and counted by reason (shown in ``/v1/status``). A peer with too many
+failures in a short window is turned away for a while; other peers are unaffected.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+LOG = logging.getLogger(__name__)
+
+WINDOW = 60.0  # seconds over which failures are counted per peer
+MAX_FAILURES = 10  # failures in the window before a peer is held off
+PENALTY = 30.0  # seconds a peer is held off (doubles while it keeps failing, to 15 min)
+MAX_PENALTY = 900.0
+
+
+@dataclass
+class PeerRecord:
+    failures: collections.deque[float] = field(default_factory=collections.deque)
+    blocked_until: float = 0.0
+    penalty: float = PENALTY
+
+
+class Guard:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, max_failures: int = MAX_FAILURES
+    ) -> None:
+        self.clock = clock
+        self.max_failures = max_failures
+        self.peers: dict[str, PeerRecord] = {}
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def retry_after(self, peer: str) -> float:
+        """Seconds until this peer may try again; 0 when it is not held off."""
+        record = self.peers.get(peer)
+        if record is None:
+            return 0.0
+        return max(0.0, record.blocked_until - self.clock())
+
+    def refuse(self, peer: str, layer: str, reason: str) -> None:
+        """Log and count one refusal, and hold the peer off after repeated ones."""
+        now = self.clock()
+        self.counts[layer] += 1
+        LOG.warning("refused %s from %s: %s", layer, peer, reason)
+        record = self.peers.setdefault(peer, PeerRecord())
+        record.failures.append(now)
+        while record.failures and record.failures[0] < now - WINDOW:
+            record.failures.popleft()
+        if len(record.failures) >= self.max_failures:
+            record.blocked_until = now + record.penalty
+            LOG.warning(
+                "holding off %s for %.0f s after %d failures",
+                peer,
+                record.penalty,
+                len(record.failures),
+            )
+            record.penalty = min(record.penalty * 2, MAX_PENALTY)
+            record.failures.clear()
+        if len(self.peers) > 10000:  # bound memory under a scan from many addresses
+            oldest = min(self.peers, key=lambda p: self.peers[p].blocked_until)
+            del self.peers[oldest]
+
+    def throttled(self, peer: str) -> None:
+        self.counts["throttled"] += 1
+
+    def summary(self) -> dict[str, int]:
+        return dict(self.counts)
