@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
-from .config import Config
+from .config import KERNEL, Config
 from .core import Agent
 from .gate import TlsGate
 from .power import PowerBackend, SystemPower
@@ -159,6 +159,11 @@ async def serve(
     agent = await server.start()
     assert server.sock is not None
     print(banner(agent, server.sock), flush=True)
+    if config.origins.get("agent_token") == KERNEL:
+        LOG.warning(
+            "the agent token came from the kernel command line, which is visible on the "
+            "provisioning network and in logs; deliver it as /etc/tacet/token instead"
+        )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
