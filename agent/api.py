@@ -206,7 +206,10 @@ async def run_command(request: web.Request) -> web.Response:
         raise CommandError("Request body must be a JSON object with name and params", code=400)
     if "name" not in body:
         raise CommandError("Missing command name", code=400)
+    unclaimed = not agent.has_token and agent.config.client_ca_file is None
     result = await agent.executor.execute(name, body.get("params"))
+    if unclaimed and agent.has_token:
+        agent.record_claim(peer(request))
     if wants_wait(request):
         await result.done.wait()
     return web.json_response(result.serialize())

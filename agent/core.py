@@ -84,6 +84,18 @@ class Agent:
         self.token_hash = token_digest(token)
         self.state.update(token_hash=self.token_hash)
 
+    def record_claim(self, peer: str) -> None:
+        """Trust on first use happened: say so where an operator will see it."""
+        self.state.update(claimed_by=peer, claimed_at=time.time())
+        message = f"tacet-agent: CLAIMED by {peer}: from now on every command needs its token"
+        LOG.warning(message)
+        print(message, flush=True)  # the console, for an operator watching the node
+
+    @property
+    def claimed_by(self) -> str | None:
+        value = self.state.get("claimed_by")
+        return value if isinstance(value, str) else None
+
     # -- node_info --------------------------------------------------------------------
     def store_node_info(self, node_info: dict[str, Any]) -> None:
         self.node_info = masked(node_info)
@@ -104,6 +116,8 @@ class Agent:
             "certificate_fingerprint": self.identity.fingerprint,
             "rejections": self.guard.summary(),
         }
+        if self.claimed_by is not None:
+            status["claimed_by"] = self.claimed_by
         if self.config.agent_token:
             status["binding"] = self.binding()
         return status

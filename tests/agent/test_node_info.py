@@ -14,7 +14,7 @@ NODE_INFO = {
 }
 
 
-async def test_unclaimed_agent_serves_only_inventory_and_set_node_info(tmp_path):
+async def test_unclaimed_agent_serves_only_inventory_and_set_node_info(tmp_path, capsys):
     run = await start(tmp_path / "state", agent_token=None)
     try:
         status, result = await run.post({"name": "poll.get_hardware_info"}, token=None)
@@ -28,6 +28,9 @@ async def test_unclaimed_agent_serves_only_inventory_and_set_node_info(tmp_path)
             {"name": "poll.set_node_info", "params": {"node_info": NODE_INFO}}, token=None
         )
         assert status == 200 and result["command_status"] == "SUCCEEDED"
+        _, status_body = await run.get("/v1/status", token=None)
+        assert status_body["claimed_by"] == "127.0.0.1"
+        assert "CLAIMED by 127.0.0.1" in capsys.readouterr().out
         # From now on the token set by set_node_info is required, for everything.
         status, _ = await run.post({"name": "poll.get_hardware_info"}, token=None)
         assert status == 401
