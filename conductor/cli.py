@@ -66,6 +66,20 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--days", type=int, default=825, help="validity (default: %(default)s)")
     node.add_argument("-o", "--output", required=True, type=Path, metavar="FILE")
     node.set_defaults(run=_node_bundle)
+
+    dev = actions.add_parser(
+        "dev",
+        help="one step for a development setup: CA, a conductor certificate, one node bundle",
+        description="init + issue-client conductor + node-bundle, with DIR/NODE.cpio as the"
+        " initrd. The same files and modes as the three commands; for real fleets run them"
+        " one by one.",
+    )
+    dev.add_argument("dir", type=Path, metavar="DIR")
+    dev.add_argument("--node", default="node-1", metavar="NAME", help="default: %(default)s")
+    dev.add_argument(
+        "--ip", action="append", default=None, metavar="IP", help="IP SANs (default: 127.0.0.1)"
+    )
+    dev.set_defaults(run=_dev)
     return parser
 
 
@@ -108,6 +122,17 @@ def _node_bundle(args: argparse.Namespace) -> None:
         print(f"token: {bundle.token}")
 
 
+def _dev(args: argparse.Namespace) -> None:
+    base = [str(args.dir)]
+    _init(_parser().parse_args(["pki", "init", *base]))
+    _issue_client(_parser().parse_args(["pki", "issue-client", *base, "conductor"]))
+    ips = [part for ip in args.ip or ["127.0.0.1"] for part in ("--ip", ip)]
+    output = str(args.dir / f"{args.node}.cpio")
+    _node_bundle(
+        _parser().parse_args(["pki", "node-bundle", *base, "--node", args.node, *ips, "-o", output])
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -120,3 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tacet: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -619,3 +619,24 @@ def test_client_refuses_a_server_outside_its_names(mtls: dict[str, Path]) -> Non
         server_context(mtls), client_context(mtls, "client"), "node-2"
     )
     assert isinstance(client_error, ssl.SSLCertVerificationError) and received == b""
+
+
+def test_dev_makes_ca_client_and_node_bundle_in_one_step(tmp_path, capsys):
+    from conductor.cli import main
+
+    target = tmp_path / "dev"
+    assert main(["pki", "dev", str(target)]) == 0
+    for rel in (
+        "ca.pem",
+        "ca-key.pem",
+        "clients/conductor.pem",
+        "clients/conductor-key.pem",
+        "nodes/node-1/token",
+        "node-1.cpio",
+    ):
+        assert (target / rel).is_file(), rel
+    for secret in ("ca-key.pem", "clients/conductor-key.pem", "nodes/node-1/token", "node-1.cpio"):
+        assert (target / secret).stat().st_mode & 0o777 == 0o600, secret
+    token = (target / "nodes/node-1/token").read_text().strip()
+    assert token not in capsys.readouterr().out
+    assert main(["pki", "dev", str(target)]) == 2  # never overwrites an existing CA
