@@ -17,7 +17,7 @@ from .guard import Guard
 from .inventory_cache import InventoryCache
 from .power import PowerBackend
 from .state import StateStore
-from .tls import Identity
+from .tls import Identity, spki_der
 
 LOG = logging.getLogger(__name__)
 MASK = "******"
@@ -147,14 +147,7 @@ BINDING_LABEL = "tacet-binding-v1:"
 
 def spki_sha256(cert_pem: str) -> str:
     """Lower-case hex SHA-256 of the certificate's DER SubjectPublicKeyInfo."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    public_key = x509.load_pem_x509_certificate(cert_pem.encode()).public_key()
-    der = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(der).hexdigest()
+    return hashlib.sha256(spki_der(ssl.PEM_cert_to_DER_cert(cert_pem))).hexdigest()
 
 
 def binding_hmac(token: str, spki_hex: str) -> str:

@@ -49,6 +49,46 @@ def fingerprint(cert_pem: str) -> str:
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
+def _der_element(data: bytes, offset: int) -> tuple[int, int, int]:
+    """(tag, start of content, end of element) of the DER element at ``offset``."""
+    tag = data[offset]
+    length = data[offset + 1]
+    start = offset + 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 1 <= count <= 4:
+            raise ValueError("unsupported DER length")
+        length = int.from_bytes(data[start : start + count], "big")
+        start += count
+    end = start + length
+    if end > len(data):
+        raise ValueError("truncated DER")
+    return tag, start, end
+
+
+def spki_der(cert_der: bytes) -> bytes:
+    """The DER SubjectPublicKeyInfo of an X.509 certificate, found by walking its DER.
+
+    Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL,
+    serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, ... } ... }.
+    A few lines instead of importing an X.509 library on the agent's start path.
+    """
+    tag, start, _end = _der_element(cert_der, 0)
+    if tag != 0x30:
+        raise ValueError("not a certificate")
+    tag, offset, _tbs_end = _der_element(cert_der, start)
+    if tag != 0x30:
+        raise ValueError("not a certificate")
+    if cert_der[offset] == 0xA0:  # explicit version
+        offset = _der_element(cert_der, offset)[2]
+    for _field in range(5):  # serial, signature algorithm, issuer, validity, subject
+        offset = _der_element(cert_der, offset)[2]
+    tag, _start, end = _der_element(cert_der, offset)
+    if tag != 0x30:
+        raise ValueError("malformed certificate")
+    return cert_der[offset:end]
+
+
 def generate_certificate(
     hostname: str, addresses: Iterable[IPAddress], now: datetime.datetime | None = None
 ) -> tuple[bytes, bytes]:

@@ -430,3 +430,35 @@ def test_restart_reuses_identity_from_facts_without_parsing(tmp_path, monkeypatc
     (tmp_path / tls.GENERATED_KEY).write_bytes(other_key)
     third = tls.load_identity(tmp_path, addresses, hostname="node-1")
     assert third.fingerprint != first.fingerprint
+
+
+def test_spki_walk_matches_cryptography_for_several_certificates(tmp_path):
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from agent.tls import generate_certificate, spki_der
+    from conductor import pki
+
+    pems = [
+        generate_certificate("a", [ipaddress.ip_address("127.0.0.1")])[0].decode(),
+        generate_certificate("b" * 60, [])[0].decode(),
+    ]
+    ca = pki.init_ca(tmp_path / "ca")
+    pems.append(ca.cert_pem.decode())
+    pems.append(pki.issue_client(tmp_path / "ca", "conductor").cert_pem.decode())
+    for pem in pems:
+        expected = (
+            x509.load_pem_x509_certificate(pem.encode())
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        assert spki_der(ssl.PEM_cert_to_DER_cert(pem)) == expected
+    with pytest.raises(ValueError):
+        spki_der(b"\x30\x82\xff\xff")
+    with pytest.raises((ValueError, IndexError)):
+        spki_der(b"\x04\x00")
