@@ -65,7 +65,7 @@ class Agent:
                 return collect(live_sources(cmdline=config.cmdline)).to_dict()
 
         self.inventory = InventoryCache(collect_inventory, config.inventory_max_age)
-        self.state.update(mode=config.mode, started_at=self.started_at)
+        self.state.update(mode=config.mode)
         from .extensions import register_all
 
         register_all(self)

@@ -31,5 +31,7 @@ class StateStore:
         return self.data.get(key)
 
     def update(self, **values: Any) -> None:
+        if all(self.data.get(key) == value for key, value in values.items()):
+            return  # nothing new: no write, no fsync on the start path
         self.data.update(values)
         write_private(self.path, json.dumps(self.data, sort_keys=True).encode())
