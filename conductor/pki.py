@@ -220,6 +220,17 @@ def init_ca(directory: Path | str, name: str = "Tacet CA", days: int = 3650) -> 
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA384())
     )
+    return _save(directory, cert_path, key_path, cert, key)
+
+
+def _save(
+    directory: Path,
+    cert_path: Path,
+    key_path: Path,
+    cert: x509.Certificate,
+    key: ec.EllipticCurvePrivateKey,
+) -> Issued:
+    """Write a key (0600) and its certificate into a private directory."""
     _private_dir(directory)
     write_private(key_path, _key_pem(key))
     pem = _cert_pem(cert)
@@ -317,11 +328,7 @@ def issue_client(directory: Path | str, name: str, days: int = 825) -> Issued:
         if path.exists():
             raise PkiError(f"client {name!r} already exists ({path}); remove it to issue a new one")
     cert, key = _leaf(ca, ca_key, name, [x509.DNSName(name)], ExtendedKeyUsageOID.CLIENT_AUTH, days)
-    _private_dir(clients)
-    write_private(key_path, _key_pem(key))
-    pem = _cert_pem(cert)
-    _write_public(cert_path, pem)
-    return Issued(cert_path, key_path, pem, fingerprint(pem.decode()))
+    return _save(clients, cert_path, key_path, cert, key)
 
 
 def node_bundle(
