@@ -14,7 +14,7 @@ def counter():
 
 
 async def test_cached_until_stale_refresh_or_too_old(monkeypatch):
-    collect, calls = counter()
+    collect, _calls = counter()
     cache = InventoryCache(collect, max_age=300)
     assert (await cache.get())["calls"] == 1
     assert (await cache.get())["calls"] == 1
