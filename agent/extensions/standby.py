@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from ..commands import Param
 
 if TYPE_CHECKING:
     from ..core import Agent
@@ -22,6 +24,18 @@ def register(agent: Agent) -> None:
         await sync()
         await agent.power.reboot()
 
+    async def prepare_image(image_info: dict[str, Any], configdrive: str | None = None) -> str:
+        from image.provision import write_image
+
+        return await write_image(agent, image_info, configdrive)
+
     agent.registry.add("standby", "sync", sync)
+    agent.registry.add(
+        "standby",
+        "prepare_image",
+        prepare_image,
+        is_async=True,
+        params={"image_info": Param((dict,), required=True), "configdrive": Param((str,))},
+    )
     agent.registry.add("standby", "power_off", power_off, is_async=True)
     agent.registry.add("standby", "run_image", run_image, is_async=True)

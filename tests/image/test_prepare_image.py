@@ -1,0 +1,135 @@
+"""standby.prepare_image end to end over the agent's TLS API, onto a sparse file 'disk'."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+from aiohttp import web
+
+from image.writer import holds_mounts, mounted_devices
+from tests.agent.conftest import FakeInventory, start
+
+GIB = 1024**3
+IMAGE = os.urandom(3 * 1024 * 1024 + 123)  # not a multiple of the write block
+
+
+class DiskInventory(FakeInventory):
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def __call__(self):
+        data = super().__call__()
+        data["disks"] = [
+            {
+                "name": str(self.path),
+                "model": None,
+                "size": 5 * GIB,
+                "rotational": False,
+                "serial": "TEST0001",
+                "wwn": None,
+                "wwn_with_extension": None,
+                "wwn_vendor_extension": None,
+                "vendor": None,
+                "hctl": None,
+                "by_path": None,
+                "logical_sectors": 512,
+                "physical_sectors": 512,
+                "tran": "virtio",
+            }
+        ]
+        return data
+
+
+@pytest.fixture
+async def image_server(aiohttp_server):
+    async def image(request):
+        return web.Response(body=IMAGE, headers={"Accept-Ranges": "bytes"})
+
+    app = web.Application()
+    app.router.add_get("/disk.img", image)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    return f"http://127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+async def node(tmp_path):
+    disk = tmp_path / "disk"
+    with open(disk, "wb") as handle:
+        handle.truncate(5 * GIB)  # sparse
+        handle.seek(5 * GIB - 4)
+        handle.write(b"TAIL")
+    run = await start(tmp_path / "state", inventory=DiskInventory(disk))
+    run.disk = disk
+    yield run
+    await run.client.close()
+    await run.server.stop()
+
+
+def image_info(base, digest):
+    return {
+        "id": "img-1",
+        "urls": [f"{base}/disk.img"],
+        "disk_format": "raw",
+        "os_hash_algo": "sha256",
+        "os_hash_value": digest,
+    }
+
+
+async def test_raw_image_written_verified_and_synced(node, image_server):
+    info = image_info(image_server, hashlib.sha256(IMAGE).hexdigest())
+    code, result = await node.post(
+        {"name": "standby.prepare_image", "params": {"image_info": info}}, wait=True
+    )
+    assert code == 200, result
+    assert result["command_status"] == "SUCCEEDED", result
+    assert result["command_result"] == {
+        "result": f"prepare_image: image (img-1) written to device {node.disk}"
+    }
+    with open(node.disk, "rb") as handle:
+        assert handle.read(len(IMAGE)) == IMAGE
+
+
+async def test_checksum_mismatch_fails_and_wipes_both_ends(node, image_server):
+    with open(node.disk, "r+b") as handle:
+        handle.write(b"OLD-BOOT-SECTOR")
+    wrong = "0" * 64
+    _, result = await node.post(
+        {
+            "name": "standby.prepare_image",
+            "params": {"image_info": image_info(image_server, wrong)},
+        },
+        wait=True,
+    )
+    assert result["command_status"] == "FAILED"
+    message = result["command_error"]["message"]
+    assert wrong in message and hashlib.sha256(IMAGE).hexdigest() in message
+    with open(node.disk, "rb") as handle:
+        assert handle.read(1024 * 1024) == bytes(1024 * 1024)
+        handle.seek(5 * GIB - 1024 * 1024)
+        assert handle.read() == bytes(1024 * 1024)
+
+
+async def test_unsupported_format_and_configdrive_are_refused(node, image_server):
+    info = image_info(image_server, hashlib.sha256(IMAGE).hexdigest())
+    for params in (
+        {"image_info": {**info, "disk_format": "qcow2"}},
+        {"image_info": info, "configdrive": "H4sI"},
+    ):
+        _, result = await node.post({"name": "standby.prepare_image", "params": params}, wait=True)
+        assert result["command_status"] == "FAILED"
+        assert result["command_error"]["code"] == 400
+    with open(node.disk, "rb") as handle:
+        assert handle.read(4) == bytes(4)  # untouched
+
+
+def test_mounted_device_detection():
+    mounted = mounted_devices(
+        "/dev/sda2 / ext4 rw 0 0\nproc /proc proc rw 0 0\n/dev/nvme0n1p1 /boot/efi vfat rw 0 0\n"
+    )
+    assert holds_mounts("/dev/sda", mounted)
+    assert holds_mounts("/dev/nvme0n1", mounted)
+    assert not holds_mounts("/dev/sdb", mounted)
+    assert not holds_mounts("/dev/sd", mounted)
