@@ -49,7 +49,14 @@ def choose_disk(inventory: dict[str, Any], node_info: dict[str, Any] | None) -> 
         raise ImageWriteError(str(exc), code=409) from None
 
 
-async def write_image(agent: Agent, image_info: dict[str, Any], configdrive: str | None) -> str:
+async def write_image(
+    agent: Agent,
+    image_info: dict[str, Any],
+    configdrive: str | None,
+    node: dict[str, Any] | None = None,
+) -> str:
+    """Write the image; root-device hints come from ``node`` (a deploy step's) or the
+    stored node_info."""
     disk_format = image_info.get("disk_format")
     if disk_format not in SUPPORTED_FORMATS:
         raise InvalidCommandParamsError(
@@ -58,7 +65,7 @@ async def write_image(agent: Agent, image_info: dict[str, Any], configdrive: str
     if configdrive:
         raise InvalidCommandParamsError("configdrive is not supported yet")
     inventory = await agent.inventory.get(refresh=True)
-    disk = choose_disk(inventory, agent.node_info)
+    disk = choose_disk(inventory, {"node": node} if node else agent.node_info)
     try:
         mounts = MOUNTS.read_text()
     except OSError:

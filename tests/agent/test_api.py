@@ -175,15 +175,19 @@ async def test_power_commands_use_the_backend(running):
     assert running.power.calls == ["power_off", "reboot"]
 
 
-async def test_steps_advertise_nothing_unimplemented(running):
-    for name, key in (
-        ("clean.get_clean_steps", "clean_steps"),
-        ("deploy.get_deploy_steps", "deploy_steps"),
-    ):
-        _, result = await running.post({"name": name, "params": {"node": {}, "ports": []}})
-        steps = result["command_result"][key]
-        assert all(step_list == [] for step_list in steps.values())
-        assert set(result["command_result"]["hardware_manager_version"]) == set(steps)
+async def test_steps_advertise_only_what_is_implemented(running):
+    _, clean = await running.post(
+        {"name": "clean.get_clean_steps", "params": {"node": {}, "ports": []}}
+    )
+    assert clean["command_result"]["clean_steps"] == {"TacetHardwareManager": []}
+    _, deploy = await running.post(
+        {"name": "deploy.get_deploy_steps", "params": {"node": {}, "ports": []}}
+    )
+    steps = deploy["command_result"]["deploy_steps"]["TacetHardwareManager"]
+    assert [s["step"] for s in steps] == ["write_image"]
+    assert all({"step", "priority", "interface"} <= set(s) for s in steps)
+    assert set(deploy["command_result"]["hardware_manager_version"]) == {"TacetHardwareManager"}
+    assert "execute_deploy_step" in running.agent.registry.commands["deploy"]
 
 
 async def test_collect_system_logs_is_a_tar_gz(running):

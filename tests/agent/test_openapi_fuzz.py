@@ -35,7 +35,9 @@ COMMANDS = DOC.doc["paths"]["/v1/commands/"]["post"]["x-tacet-commands"]
 # prepare_image would download from whatever URL the fuzzer invents; the agent's
 # FakeInventory has no disk so it stops before that, but keep the rule explicit: the fuzz
 # never makes the agent reach an address outside this machine.
-NAMES = sorted(name for name in COMMANDS if name != "standby.prepare_image")
+NAMES = sorted(
+    name for name in COMMANDS if name not in ("standby.prepare_image", "deploy.execute_deploy_step")
+)
 EXTENSIONS = sorted({name.partition(".")[0] for name in NAMES})
 PARAM_NAMES = sorted({p for spec in COMMANDS.values() for p in spec["params"]})
 

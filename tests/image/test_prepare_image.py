@@ -133,3 +133,73 @@ def test_mounted_device_detection():
     assert holds_mounts("/dev/nvme0n1", mounted)
     assert not holds_mounts("/dev/sdb", mounted)
     assert not holds_mounts("/dev/sd", mounted)
+
+
+def deploy_step(info):
+    return {
+        "step": "write_image",
+        "priority": 0,
+        "interface": "deploy",
+        "args": {"image_info": info, "configdrive": None},
+    }
+
+
+async def test_ironic_write_image_deploy_step(node, image_server):
+    info = image_info(image_server, hashlib.sha256(IMAGE).hexdigest())
+    step = deploy_step(info)
+    _, result = await node.post(
+        {
+            "name": "deploy.execute_deploy_step",
+            "params": {
+                "step": step,
+                "node": {"instance_info": {"root_device": {"serial": "test0001"}}},
+                "ports": [],
+                "deploy_version": {"TacetHardwareManager": "1.0"},
+            },
+        },
+        wait=True,
+    )
+    assert result["command_status"] == "SUCCEEDED", result
+    assert result["command_result"]["deploy_step"] == step
+    assert "written to device" in result["command_result"]["deploy_result"]["result"]
+    with open(node.disk, "rb") as handle:
+        assert handle.read(len(IMAGE)) == IMAGE
+
+
+async def test_deploy_step_errors(node, image_server):
+    info = image_info(image_server, hashlib.sha256(IMAGE).hexdigest())
+    _, result = await node.post(
+        {
+            "name": "deploy.execute_deploy_step",
+            "params": {
+                "step": deploy_step(info),
+                "deploy_version": {"TacetHardwareManager": "0.9"},
+            },
+        },
+        wait=True,
+    )
+    assert result["command_status"] == "CLEAN_VERSION_MISMATCH"
+    assert result["command_error"]["type"] == "VersionMismatch"
+    assert result["command_error"]["code"] == 409
+    _, result = await node.post(
+        {
+            "name": "deploy.execute_deploy_step",
+            "params": {"step": {"step": "erase_devices", "interface": "deploy"}},
+        },
+        wait=True,
+    )
+    assert result["command_status"] == "FAILED" and result["command_error"]["code"] == 400
+    _, result = await node.post(
+        {
+            "name": "deploy.execute_deploy_step",
+            "params": {
+                "step": deploy_step(info),
+                "node": {"properties": {"root_device": {"serial": "OTHER"}}},
+            },
+        },
+        wait=True,
+    )
+    assert result["command_status"] == "FAILED"
+    assert "no disk matches" in result["command_error"]["message"]
+    with open(node.disk, "rb") as handle:
+        assert handle.read(4) == bytes(4)  # nothing was written
