@@ -48,6 +48,7 @@ class Agent:
             on_async_done=self._async_done,
         )
         self.guard = Guard()
+        self.partition_uuids: dict[str, Any] | None = None  # of the last image written
         self.async_done_callbacks: list[Any] = []
         # A token set after start (set_node_info, lookup) was persisted and wins over the
         # command line, so a restart never falls back to an older or absent token.

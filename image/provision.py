@@ -6,7 +6,10 @@ and partition discovery (root_uuid) come with the rest of issue 5.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +19,7 @@ from hardware.model import Disk
 
 from .checksum import ChecksumMismatch, ImageError
 from .download import Progress, download
+from .partitions import parse_partition_table, partition_uuids, read_head
 from .writer import BlockWriter, holds_mounts, mounted_devices, wipe_ends
 
 if TYPE_CHECKING:
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 SUPPORTED_FORMATS = (None, "raw")
 MOUNTS = Path("/proc/mounts")
+BLKRRPART = 0x125F
 
 
 class ImageWriteError(CommandError):
@@ -90,4 +95,24 @@ async def write_image(
         raise ImageWriteError(f"{exc}; {disk.name} was wiped") from None
     finally:
         writer.close()
-    return f"image ({image_info.get('id')}) written to device {disk.name}"
+    reread_partition_table(disk.name)
+    uuids = partition_uuids(disk.name, parse_partition_table(read_head(disk.name)))
+    agent.partition_uuids = uuids
+    return (
+        f"image ({image_info.get('id')}) written to device {disk.name} "
+        f"root_uuid={uuids['root uuid']}"
+    )
+
+
+def reread_partition_table(device: str) -> None:
+    """Ask the kernel to re-read the table (BLKRRPART) so partition nodes appear."""
+    try:
+        if not stat.S_ISBLK(os.stat(device).st_mode):
+            return  # an image file in tests: nothing to re-read
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, BLKRRPART)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        LOG.warning("could not re-read the partition table of %s: %s", device, exc)

@@ -6,7 +6,7 @@ import asyncio
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..commands import Param
+from ..commands import CommandError, Param
 
 if TYPE_CHECKING:
     from ..core import Agent
@@ -29,7 +29,13 @@ def register(agent: Agent) -> None:
 
         return await write_image(agent, image_info, configdrive)
 
+    async def get_partition_uuids() -> dict[str, Any]:
+        if agent.partition_uuids is None:
+            raise CommandError("no image has been written yet", code=409)
+        return agent.partition_uuids
+
     agent.registry.add("standby", "sync", sync)
+    agent.registry.add("standby", "get_partition_uuids", get_partition_uuids)
     agent.registry.add(
         "standby",
         "prepare_image",

@@ -10,9 +10,13 @@ from aiohttp import web
 
 from image.writer import holds_mounts, mounted_devices
 from tests.agent.conftest import FakeInventory, start
+from tests.image.test_partitions import DISK, ESP, LINUX, P1, P2, gpt_image
 
 GIB = 1024**3
-IMAGE = os.urandom(3 * 1024 * 1024 + 123)  # not a multiple of the write block
+# A GPT disk (ESP + root) followed by data that is not a multiple of the write block.
+IMAGE = gpt_image(DISK, [(ESP, P1, 2048, 4095), (LINUX, P2, 4096, 8192 - 35)]) + os.urandom(
+    3 * 1024 * 1024 + 123
+)
 
 
 class DiskInventory(FakeInventory):
@@ -86,10 +90,21 @@ async def test_raw_image_written_verified_and_synced(node, image_server):
     assert code == 200, result
     assert result["command_status"] == "SUCCEEDED", result
     assert result["command_result"] == {
-        "result": f"prepare_image: image (img-1) written to device {node.disk}"
+        "result": f"prepare_image: image (img-1) written to device {node.disk} root_uuid={DISK}"
     }
     with open(node.disk, "rb") as handle:
         assert handle.read(len(IMAGE)) == IMAGE
+    _, uuids = await node.post({"name": "standby.get_partition_uuids"})
+    assert uuids["command_result"] == {
+        "root uuid": str(DISK),
+        "efi system partition uuid": str(P1),
+        "partitions": {f"{node.disk}1": str(P1), f"{node.disk}2": str(P2)},
+    }
+
+
+async def test_partition_uuids_before_any_image(node):
+    _, result = await node.post({"name": "standby.get_partition_uuids"})
+    assert result["command_status"] == "FAILED" and result["command_error"]["code"] == 409
 
 
 async def test_checksum_mismatch_fails_and_wipes_both_ends(node, image_server):
