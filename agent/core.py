@@ -102,6 +102,18 @@ class Agent:
         self.node_info = masked(node_info)
         self.state.update(node_info=self.node_info)
 
+    def apply_node_info(self, node_info: dict[str, Any]) -> None:
+        """Take node_info (set_node_info or a lookup): its token and TLS floor, then store it
+        masked. Callers validate first; a masked token ("******") is never applied."""
+        config = node_info.get("config") or {}
+        token = config.get("agent_token")
+        if isinstance(token, str) and token and token != MASK:
+            self.set_token(token)
+            LOG.warning("agent token set from node_info")
+        if config.get("tls_min_version") == "1.3" and self.ssl_context is not None:
+            self.ssl_context.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.store_node_info(node_info)
+
     @property
     def node_uuid(self) -> str | None:
         node = (self.node_info or {}).get("node") or {}

@@ -124,17 +124,12 @@ class IronicClient:
         token = config.get("agent_token")
         if isinstance(token, str) and token and token != "******":
             self.token = token
-            self.agent.set_token(token)
             # Heartbeats need the token itself; kept 0600 in the state dir (tmpfs).
             self.agent.state.update(active_token=token)
         timeout = config.get("heartbeat_timeout")
         if isinstance(timeout, int | float) and timeout > 0:
             self.heartbeat_timeout = float(timeout)
-        if config.get("tls_min_version") == "1.3" and self.agent.ssl_context is not None:
-            import ssl
-
-            self.agent.ssl_context.minimum_version = ssl.TLSVersion.TLSv1_3
-        self.agent.store_node_info(data)
+        self.agent.apply_node_info(data)
 
     def callback(self) -> str:
         host = self.config.advertise_host or route_address(self.api) or "127.0.0.1"

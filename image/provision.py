@@ -85,14 +85,11 @@ async def write_image(
     try:
         await download(image_info, writer, progress=progress)
         await writer.finish()
-    except ChecksumMismatch as exc:
-        writer.close()
-        wipe_ends(disk.name)
-        raise ImageWriteError(f"{exc}; {disk.name} was wiped", code=400) from None
     except ImageError as exc:
-        writer.close()
+        # Never leave a half-written or unverified image that could boot as if good.
         wipe_ends(disk.name)
-        raise ImageWriteError(f"{exc}; {disk.name} was wiped") from None
+        code = 400 if isinstance(exc, ChecksumMismatch) else 500
+        raise ImageWriteError(f"{exc}; {disk.name} was wiped", code=code) from None
     finally:
         writer.close()
     reread_partition_table(disk.name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import ssl
 from typing import TYPE_CHECKING, Any
 
 from ..commands import InvalidCommandParamsError, Param
@@ -34,12 +33,7 @@ def register(agent: Agent) -> None:
         tls_min = config.get("tls_min_version")
         if tls_min is not None and tls_min not in ("1.2", "1.3"):
             raise InvalidCommandParamsError("node_info.config.tls_min_version must be 1.2 or 1.3")
-        if token is not None:
-            agent.set_token(token)
-            LOG.warning("poll.set_node_info: agent token set")
-        if tls_min == "1.3" and agent.ssl_context is not None:
-            agent.ssl_context.minimum_version = ssl.TLSVersion.TLSv1_3
-        agent.store_node_info(node_info)
+        agent.apply_node_info(node_info)
         return agent.node_info or {}
 
     async def get_node_info() -> dict[str, Any] | None:
