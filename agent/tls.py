@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import ssl
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,6 +269,95 @@ def client_context(
     if insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class ResumingContext(ssl.SSLContext):
+    """A client context that offers each server the TLS session it last got from it.
+
+    asyncio's SSL transport has no ``session`` argument, so the context remembers the
+    last connection per server name and hands its session to ``wrap_bio`` for the next
+    one: a reconnect after an idle connection was closed costs an abbreviated handshake.
+    """
+
+    def __init__(self, protocol: int = ssl.PROTOCOL_TLS_CLIENT) -> None:
+        super().__init__()  # the protocol is taken by SSLContext.__new__
+        self._last: dict[str, weakref.ref[ssl.SSLObject]] = {}
+        self._sessions: dict[str, ssl.SSLSession] = {}
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        key = server_hostname.decode() if isinstance(server_hostname, bytes) else server_hostname
+        if key is not None and session is None and not server_side:
+            previous = self._last.get(key)
+            if previous is not None and (obj := previous()) is not None and obj.session:
+                self._sessions[key] = obj.session
+            session = self._sessions.get(key)
+        try:
+            obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        except ValueError:  # a session from another context or an expired one
+            obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname)
+        if key is not None and not server_side:
+            self._last[key] = weakref.ref(obj)
+        return obj
+
+    def sessions_known(self) -> int:
+        return len(self._sessions)
+
+
+def conductor_context(
+    *,
+    cafile: Path | str | None = None,
+    cadata: str | None = None,
+    certfile: Path | str | None = None,
+    keyfile: Path | str | None = None,
+    check_hostname: bool = True,
+    min_version: str = "1.2",
+) -> ResumingContext:
+    """The conductor's context for talking to agents: always verifying.
+
+    ``cafile`` is a CA (or an agent's own certificate); ``cadata`` is one pinned agent
+    certificate. A pinned certificate is its own trust anchor (partial chain), so it
+    may be a leaf issued by a CA, and the name check is skipped only then: the pin
+    identifies the server, not its address. The client certificate is optional.
+    """
+    if cafile is None and cadata is None:
+        raise ValueError("a conductor context needs a CA or a pinned certificate")
+    context = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = _minimum(min_version)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cafile=str(cafile) if cafile else None, cadata=cadata)
+    if cadata is not None:
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        context.check_hostname = False
+    else:
+        context.check_hostname = check_hostname
+    if certfile is not None:
+        context.load_cert_chain(str(certfile), str(keyfile) if keyfile else None)
+    return context
+
+
+def probe_context(
+    certfile: Path | str | None = None, keyfile: Path | str | None = None
+) -> ssl.SSLContext:
+    """Only for reading an agent's certificate before trusting it (pin, binding, TOFU).
+
+    It verifies nothing, so the conductor sends no secret over it: it compares the
+    certificate it saw with the pin (or checks the binding, or records it for TOFU) and
+    then talks to the agent only through ``conductor_context(cadata=<that certificate>)``.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if certfile is not None:  # an agent using mutual TLS refuses the handshake without it
+        context.load_cert_chain(str(certfile), str(keyfile) if keyfile else None)
     return context
 
 

@@ -1,0 +1,691 @@
+"""An async client for one agent: verified TLS, the token, retries, typed results and errors.
+
+The server is always verified, one of four ways (``Trust``): a CA (name checked), the
+agent's own certificate given as the CA file (pinned, no name check), a pinned SHA-256
+fingerprint, or the token binding of docs/security.md. Trust on first use exists only
+as an explicit mode that records the fingerprint it saw. For the last three the client
+reads the certificate once over a probe connection that carries no secret, checks it,
+and from then on talks only through a context that trusts exactly that certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import random
+import ssl
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from agent.core import binding_hmac
+from agent.tls import conductor_context, fingerprint, probe_context, spki_der
+
+DEFAULT_PORT = 9999
+RUNNING = "RUNNING"
+SUCCEEDED = "SUCCEEDED"
+
+
+# -- errors ------------------------------------------------------------------------------
+class AgentError(Exception):
+    """Anything that went wrong talking to an agent; ``exit_code`` is what ``tacet`` returns."""
+
+    exit_code = 1
+    kind = "error"
+
+    def __init__(self, message: str, address: str | None = None) -> None:
+        super().__init__(f"{address}: {message}" if address else message)
+        self.reason = message
+        self.address = address
+
+
+class Unreachable(AgentError):
+    """No answer: refused, timed out or dropped, after the retries."""
+
+    exit_code = 3
+    kind = "unreachable"
+
+
+class Untrusted(AgentError):
+    """The server could not be verified (certificate, pin or binding): nothing was sent."""
+
+    exit_code = 4
+    kind = "untrusted"
+
+
+class Unauthenticated(AgentError):
+    """The agent refused us: wrong or missing token or client certificate, or held off."""
+
+    exit_code = 4
+    kind = "unauthenticated"
+
+
+class Busy(AgentError):
+    """Another command is still running on the agent (409)."""
+
+    exit_code = 5
+    kind = "busy"
+
+
+class Rejected(AgentError):
+    """The agent answered the request with an error (400, 404, 413, ...)."""
+
+    exit_code = 1
+    kind = "rejected"
+
+    def __init__(self, message: str, address: str | None = None, status: int = 0) -> None:
+        super().__init__(message, address)
+        self.status = status
+
+
+class CommandFailed(AgentError):
+    """The command ran and FAILED; ``command_error`` is the agent's error object."""
+
+    exit_code = 1
+    kind = "command failed"
+
+    def __init__(self, result: CommandResult, address: str | None = None) -> None:
+        error = result.command_error or {}
+        super().__init__(
+            f"{result.command_name} failed: {error.get('message') or error or result.status}",
+            address,
+        )
+        self.result = result
+        self.command_error = error
+
+
+class ProtocolError(AgentError):
+    """The answer is not what PROTOCOL.md says (not JSON, missing keys, a redirect...)."""
+
+    exit_code = 6
+    kind = "protocol error"
+
+
+# -- addresses and trust -----------------------------------------------------------------
+def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT``, ``[V6]:PORT`` or a bare IPv6 address."""
+    text = text.strip()
+    port: str | None = None
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r}: expected [ADDRESS]:PORT")
+        port = rest[1:] or None
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host = text
+    if not host:
+        raise ValueError(f"{text!r}: no host")
+    if port is None:
+        return host, default_port
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: port must be 1-65535")
+    return host, int(port)
+
+
+def parse_pin(text: str) -> str:
+    """``sha256:HEX`` (colons allowed, any case) -> 64 lower-case hex digits."""
+    algo, colon, digest = text.partition(":")
+    if not colon or algo.lower() != "sha256":
+        raise ValueError("a pin is sha256:<64 hex digits> (the certificate's SHA-256)")
+    digest = digest.replace(":", "").lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError("a pin is sha256:<64 hex digits> (the certificate's SHA-256)")
+    return digest
+
+
+def _is_single_leaf(pem: str) -> bool:
+    """True when the file holds one certificate that is not a CA: the agent's own."""
+    from cryptography import x509
+
+    certificates = x509.load_pem_x509_certificates(pem.encode())
+    if len(certificates) != 1:
+        return False
+    try:
+        constraints = certificates[0].extensions.get_extension_for_class(x509.BasicConstraints)
+    except x509.ExtensionNotFound:
+        return True
+    return not constraints.value.ca
+
+
+@dataclass(frozen=True)
+class Trust:
+    """How the agent's certificate is verified, and our optional client certificate."""
+
+    cafile: Path | None = None
+    pin: str | None = None  # 64 hex digits, see parse_pin
+    trust_on_first_use: bool = False
+    certfile: Path | None = None
+    keyfile: Path | None = None
+
+    def mode(self, token: str | None) -> str:
+        """ca, pinned-certificate, pin, tofu or binding; ValueError when none or several."""
+        chosen = [
+            name
+            for name, given in (
+                ("cafile", self.cafile is not None),
+                ("pin", self.pin is not None),
+                ("trust-on-first-use", self.trust_on_first_use),
+            )
+            if given
+        ]
+        if len(chosen) > 1:
+            raise ValueError(f"choose one way to verify the agent, not {' and '.join(chosen)}")
+        if self.cafile is not None:
+            return "pinned-certificate" if _is_single_leaf(self.cafile.read_text()) else "ca"
+        if self.pin is not None:
+            return "pin"
+        if self.trust_on_first_use:
+            return "tofu"
+        if token:
+            return "binding"
+        raise ValueError(
+            "no way to verify the agent: give --cafile, --pin, a pre-shared --token "
+            "(token binding) or, explicitly, --trust-on-first-use"
+        )
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything one agent connection needs besides its address."""
+
+    trust: Trust = field(default_factory=Trust)
+    token: str | None = field(default=None, repr=False)
+    timeout: float = 60.0  # per request (a ?wait=true request may take longer: see run)
+    connect_timeout: float = 10.0
+    retries: int = 3  # on connection errors
+    backoff: float = 0.5  # first retry delay; doubles, jittered
+
+
+# -- typed results -----------------------------------------------------------------------
+def _require(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if not isinstance(value, kind):
+        raise ProtocolError(f"{what} has the wrong type ({type(value).__name__})")
+    return value
+
+
+@dataclass(frozen=True)
+class Status:
+    started_at: float
+    version: str
+    mode: str | None
+    node_uuid: str | None
+    certificate_fingerprint: str | None
+    claimed_by: str | None
+    binding: dict[str, Any] | None
+    raw: dict[str, Any]
+
+    @classmethod
+    def parse(cls, data: Any) -> Status:
+        data = _require(data, dict, "status")
+        return cls(
+            started_at=float(_require(data.get("started_at"), (int, float), "started_at")),
+            version=_require(data.get("version"), str, "version"),
+            mode=data.get("mode"),
+            node_uuid=data.get("node_uuid"),
+            certificate_fingerprint=data.get("certificate_fingerprint"),
+            claimed_by=data.get("claimed_by"),
+            binding=data.get("binding"),
+            raw=data,
+        )
+
+
+RESULT_KEYS = ("id", "command_name", "command_status", "command_error", "command_result")
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    id: str
+    command_name: str
+    status: str
+    command_error: dict[str, Any] | None
+    command_result: dict[str, Any] | None
+
+    @classmethod
+    def parse(cls, data: Any) -> CommandResult:
+        data = _require(data, dict, "command result")
+        missing = [key for key in RESULT_KEYS if key not in data]
+        if missing:
+            raise ProtocolError(f"command result lacks {', '.join(missing)}")
+        return cls(
+            id=_require(data["id"], str, "id"),
+            command_name=_require(data["command_name"], str, "command_name"),
+            status=_require(data["command_status"], str, "command_status"),
+            command_error=_require(data["command_error"], (dict, type(None)), "command_error"),
+            command_result=_require(data["command_result"], (dict, type(None)), "command_result"),
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.status == RUNNING
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """The inventory as sent, with the identity facts the poller compares."""
+
+    raw: dict[str, Any]
+
+    @property
+    def macs(self) -> frozenset[str]:
+        return frozenset(
+            str(nic["mac_address"]).lower()
+            for nic in self.raw.get("interfaces") or []
+            if isinstance(nic, dict) and nic.get("mac_address")
+        )
+
+    @property
+    def system(self) -> dict[str, Any]:
+        value = self.raw.get("system_vendor")
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def system_serial(self) -> str | None:
+        return self.system.get("serial_number")
+
+    @property
+    def system_uuid(self) -> str | None:
+        return self.system.get("uuid")
+
+    @property
+    def disks(self) -> list[dict[str, Any]]:
+        return [d for d in self.raw.get("disks") or [] if isinstance(d, dict)]
+
+    @property
+    def disk_serials(self) -> frozenset[str]:
+        return frozenset(str(d["serial"]) for d in self.disks if d.get("serial"))
+
+
+@dataclass(frozen=True)
+class PartitionUuids:
+    root_uuid: str | None
+    efi_system_partition_uuid: str | None
+    partitions: dict[str, str]
+
+    @classmethod
+    def parse(cls, data: Any) -> PartitionUuids:
+        data = _require(data, dict, "partition uuids")
+        return cls(
+            root_uuid=data.get("root uuid"),
+            efi_system_partition_uuid=data.get("efi system partition uuid"),
+            partitions=dict(data.get("partitions") or {}),
+        )
+
+
+# -- connections -------------------------------------------------------------------------
+class Pool:
+    """One HTTP connection pool for many agents: kept-alive connections, no global limit
+    (the poller bounds concurrency itself), and the CA contexts shared between agents."""
+
+    def __init__(self, keepalive: float = 60.0, trace_configs: list[Any] | None = None) -> None:
+        self.keepalive = keepalive  # below the agent's 75 s, so we close first
+        self.trace_configs = trace_configs
+        self._session: aiohttp.ClientSession | None = None
+        self._contexts: dict[tuple[Any, ...], ssl.SSLContext] = {}
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=0, limit_per_host=0, keepalive_timeout=self.keepalive
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, trace_configs=self.trace_configs
+            )
+        return self._session
+
+    def ca_context(self, trust: Trust) -> ssl.SSLContext:
+        key = (trust.cafile, trust.certfile, trust.keyfile)
+        if key not in self._contexts:
+            self._contexts[key] = conductor_context(
+                cafile=trust.cafile, certfile=trust.certfile, keyfile=trust.keyfile
+            )
+        return self._contexts[key]
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+ProgressCallback = Callable[[CommandResult], None]
+
+
+class AgentClient:
+    """One agent. Use ``async with AgentClient(...)`` or share a ``Pool`` for many."""
+
+    def __init__(
+        self, address: str, options: Options | None = None, pool: Pool | None = None
+    ) -> None:
+        self.host, self.port = parse_address(address)
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        self.address = f"{shown}:{self.port}"
+        self.base = f"https://{self.address}"
+        self.options = options or Options()
+        self.mode = self.options.trust.mode(self.options.token)  # fails early on bad trust
+        self._own_pool = pool is None
+        self.pool = pool or Pool()
+        self.context: ssl.SSLContext | None = None
+        self.seen_fingerprint: str | None = None  # colon hex, as the agent prints it
+
+    async def __aenter__(self) -> AgentClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._own_pool:
+            await self.pool.close()
+
+    # -- trust ---------------------------------------------------------------------------
+    async def verify_server(self) -> None:
+        """Establish the context every later request uses; Untrusted when it does not verify."""
+        if self.context is not None:
+            return
+        trust = self.options.trust
+        if self.mode == "ca":
+            self.context = self.pool.ca_context(trust)
+            return
+        if self.mode == "pinned-certificate":
+            assert trust.cafile is not None
+            self.context = conductor_context(
+                cadata=trust.cafile.read_text(), certfile=trust.certfile, keyfile=trust.keyfile
+            )
+            return
+        der = await self._probe()
+        seen = hashlib.sha256(der).hexdigest()
+        if self.mode == "pin" and not hmac.compare_digest(seen, trust.pin or ""):
+            raise Untrusted(
+                f"certificate sha256:{seen} does not match the pin sha256:{trust.pin}",
+                self.address,
+            )
+        pem = ssl.DER_cert_to_PEM_cert(der)
+        context = conductor_context(cadata=pem, certfile=trust.certfile, keyfile=trust.keyfile)
+        if self.mode == "binding":
+            # The public status, over a connection that trusts exactly the certificate
+            # seen, without the token; the token goes out only once the binding holds.
+            self._check_binding(der, await self._get(context, "/v1/status", token=False))
+        self.seen_fingerprint = fingerprint(pem)
+        self.context = context
+
+    def _check_binding(self, der: bytes, status: Any) -> None:
+        binding = status.get("binding") if isinstance(status, dict) else None
+        if not isinstance(binding, dict):
+            raise Untrusted(
+                "the agent shows no token binding (it has no pre-shared token?); "
+                "verify it with --cafile or --pin instead",
+                self.address,
+            )
+        if binding.get("version") != 1:
+            raise Untrusted(f"unknown token binding version {binding.get('version')!r}")
+        spki = hashlib.sha256(spki_der(der)).hexdigest()
+        assert self.options.token is not None
+        expected = binding_hmac(self.options.token, spki)
+        if binding.get("spki_sha256") != spki or not hmac.compare_digest(
+            str(binding.get("hmac_sha256", "")), expected
+        ):
+            raise Untrusted(
+                "the token binding does not match the certificate served: "
+                "an impostor, or a different token",
+                self.address,
+            )
+
+    async def _probe(self) -> bytes:
+        """The certificate the agent serves, read in a handshake that sends nothing else."""
+        trust = self.options.trust
+        context = probe_context(trust.certfile, trust.keyfile)
+
+        async def attempt() -> bytes:
+            _reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, ssl=context),
+                self.options.connect_timeout,
+            )
+            try:
+                ssl_object = writer.get_extra_info("ssl_object")
+                der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+            finally:
+                writer.close()
+            if not der:
+                raise ProtocolError("no server certificate seen", self.address)
+            return bytes(der)
+
+        der: bytes = await self._with_retries(attempt, idempotent=True)
+        return der
+
+    # -- requests ------------------------------------------------------------------------
+    def _timeout(self, total: float | None = None) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(
+            total=total or self.options.timeout, sock_connect=self.options.connect_timeout
+        )
+
+    async def _with_retries(self, attempt: Callable[[], Any], idempotent: bool) -> Any:
+        tries = 0
+        while True:
+            try:
+                return await attempt()
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise Untrusted(
+                    f"certificate not trusted: {exc.certificate_error}", self.address
+                ) from None
+            except aiohttp.ClientSSLError as exc:
+                raise Unauthenticated(f"TLS handshake refused: {exc}", self.address) from None
+            except aiohttp.ClientConnectorError as exc:  # nothing was sent
+                error: Exception = exc
+                retry = True
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, TimeoutError) as exc:
+                error, retry = exc, idempotent
+            except aiohttp.ClientResponseError as exc:  # malformed HTTP
+                raise ProtocolError(f"bad HTTP answer: {exc.message}", self.address) from None
+            except ssl.SSLCertVerificationError as exc:  # the probe's own connection
+                raise Untrusted(f"certificate not trusted: {exc}", self.address) from None
+            except ssl.SSLError as exc:
+                raise Unauthenticated(f"TLS handshake refused: {exc}", self.address) from None
+            except OSError as exc:  # the probe: refused, unreachable, reset before use
+                error, retry = exc, True
+            if not retry or tries >= self.options.retries:
+                reason = str(error) or type(error).__name__
+                raise Unreachable(reason, self.address) from None
+            await asyncio.sleep(self.options.backoff * 2**tries * random.uniform(0.5, 1.5))
+            tries += 1
+
+    def _decode(self, code: int, body: bytes, retry_after: str | None = None) -> Any:
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            raise ProtocolError(f"HTTP {code} with a body that is not JSON", self.address) from None
+        if code == 200:
+            return data
+        fault = data.get("faultstring") if isinstance(data, dict) else None
+        if not isinstance(fault, str):
+            raise ProtocolError(f"HTTP {code} without a faultstring", self.address)
+        if code == 401:
+            raise Unauthenticated(fault, self.address)
+        if code == 429:
+            raise Unauthenticated(
+                f"{fault} (held off after failed attempts; Retry-After {retry_after} s)",
+                self.address,
+            )
+        if code == 409 and "busy" in fault.lower():
+            raise Busy(fault, self.address)
+        if 400 <= code < 600:
+            raise Rejected(fault, self.address, status=code)
+        raise ProtocolError(f"unexpected HTTP {code}: {fault}", self.address)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float | None = None,
+        token: bool = True,
+    ) -> Any:
+        """One API request with the token; GETs are retried after a dropped connection,
+        POSTs only when the connection never opened (a command must not run twice)."""
+        await self.verify_server()
+        assert self.context is not None
+        return await self._send(self.context, method, path, body, timeout, token)
+
+    async def _get(self, context: ssl.SSLContext, path: str, token: bool) -> Any:
+        return await self._send(context, "GET", path, None, None, token)
+
+    async def _send(
+        self,
+        context: ssl.SSLContext,
+        method: str,
+        path: str,
+        body: Any,
+        timeout: float | None,
+        token: bool,
+    ) -> Any:
+        headers = {}
+        if token and self.options.token:
+            headers["Authorization"] = f"Bearer {self.options.token}"
+
+        async def attempt() -> Any:
+            async with self.pool.session.request(
+                method,
+                f"{self.base}{path}",
+                json=body if method == "POST" else None,
+                headers=headers,
+                ssl=context,
+                timeout=self._timeout(timeout),
+                allow_redirects=False,
+            ) as response:
+                data = await response.read()
+                return self._decode(response.status, data, response.headers.get("Retry-After"))
+
+        return await self._with_retries(attempt, idempotent=method == "GET")
+
+    # -- the API -------------------------------------------------------------------------
+    async def status(self) -> Status:
+        """The public status (sent without the token)."""
+        return Status.parse(await self.request("GET", "/v1/status", token=False))
+
+    async def list_commands(self) -> list[CommandResult]:
+        data = await self.request("GET", "/v1/commands/")
+        commands = _require(data, dict, "command list").get("commands")
+        return [CommandResult.parse(r) for r in _require(commands, list, "commands")]
+
+    async def get_command(self, result_id: str) -> CommandResult:
+        return CommandResult.parse(await self.request("GET", f"/v1/commands/{result_id}"))
+
+    async def run(
+        self, name: str, params: dict[str, Any] | None = None, check: bool = True
+    ) -> CommandResult:
+        """POST a command; raises CommandFailed when it FAILED (unless ``check`` is off).
+        An async command comes back RUNNING: see ``wait``."""
+        result = CommandResult.parse(
+            await self.request("POST", "/v1/commands/", {"name": name, "params": params or {}})
+        )
+        if check and not result.running and result.status != SUCCEEDED:
+            raise CommandFailed(result, self.address)
+        return result
+
+    async def wait(
+        self,
+        result: CommandResult,
+        interval: float = 1.0,
+        deadline: float | None = None,
+        on_poll: ProgressCallback | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        """Poll the result at a jittered interval until it is no longer RUNNING."""
+        loop = asyncio.get_running_loop()
+        end = None if deadline is None else loop.time() + deadline
+        while result.running:
+            if end is not None and loop.time() > end:
+                raise Unreachable(
+                    f"{result.command_name} still running after {deadline} s", self.address
+                )
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+            result = await self.get_command(result.id)
+            if on_poll is not None:
+                on_poll(result)
+        if check and result.status != SUCCEEDED:
+            raise CommandFailed(result, self.address)
+        return result
+
+    async def get_hardware_info(self, refresh: bool = False) -> Inventory:
+        result = await self.run("poll.get_hardware_info", {"refresh": True} if refresh else {})
+        return Inventory(_require(result.command_result, dict, "inventory"))
+
+    async def set_node_info(self, node_info: dict[str, Any]) -> dict[str, Any]:
+        result = await self.run("poll.set_node_info", {"node_info": node_info})
+        return result.command_result or {}
+
+    async def get_node_info(self) -> dict[str, Any] | None:
+        return (await self.run("poll.get_node_info")).command_result
+
+    async def get_clean_steps(self) -> dict[str, Any]:
+        return (await self.run("clean.get_clean_steps")).command_result or {}
+
+    async def get_deploy_steps(self) -> dict[str, Any]:
+        return (await self.run("deploy.get_deploy_steps")).command_result or {}
+
+    async def prepare_image(
+        self, image_info: dict[str, Any], configdrive: str | None = None
+    ) -> CommandResult:
+        params: dict[str, Any] = {"image_info": image_info}
+        if configdrive is not None:
+            params["configdrive"] = configdrive
+        return await self.run("standby.prepare_image", params)
+
+    async def write_image(
+        self, image_info: dict[str, Any], node: dict[str, Any] | None = None
+    ) -> CommandResult:
+        """ironic's whole-disk path: deploy step ``write_image``."""
+        step = {"step": "write_image", "interface": "deploy", "args": {"image_info": image_info}}
+        params: dict[str, Any] = {"step": step}
+        if node is not None:
+            params["node"] = node
+        return await self.run("deploy.execute_deploy_step", params)
+
+    async def erase_devices_metadata(self, node: dict[str, Any] | None = None) -> CommandResult:
+        step = {"step": "erase_devices_metadata", "interface": "deploy", "args": {}}
+        params: dict[str, Any] = {"step": step}
+        if node is not None:
+            params["node"] = node
+        return await self.run("clean.execute_clean_step", params)
+
+    async def get_partition_uuids(self) -> PartitionUuids:
+        return PartitionUuids.parse((await self.run("standby.get_partition_uuids")).command_result)
+
+    async def sync(self) -> None:
+        await self.run("standby.sync")
+
+    async def power_off(self) -> CommandResult:
+        return await self.run("standby.power_off")
+
+    async def run_image(self) -> CommandResult:
+        return await self.run("standby.run_image")
+
+    async def collect_system_logs(self) -> bytes:
+        """The agent's log archive (tar.gz bytes)."""
+        result = await self.run("log.collect_system_logs")
+        encoded = _require((result.command_result or {}).get("system_logs"), str, "system_logs")
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except ValueError:
+            raise ProtocolError("system_logs is not base64", self.address) from None
+
+
+def describe(error: BaseException) -> str:
+    """One line for an operator."""
+    if isinstance(error, AgentError):
+        return f"{error.kind}: {error}"
+    return f"{type(error).__name__}: {error}"
+
+
+def macs(values: Iterable[str]) -> frozenset[str]:
+    return frozenset(v.strip().lower().replace("-", ":") for v in values)
