@@ -1,0 +1,268 @@
+"""The passive flow for a fleet against several real agents on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+import stat
+
+import pytest
+
+from conductor.fleet import (
+    FleetError,
+    exit_code,
+    parse_fleet,
+    provision,
+)
+from tests.conductor.conftest import IMAGE, TOKEN
+from tests.image.test_prepare_image import DiskInventory
+
+
+class NodeInventory(DiskInventory):
+    """A node with one NIC and a system serial, and a file as its disk."""
+
+    def __init__(self, path, mac, serial):
+        super().__init__(path)
+        self.mac, self.serial = mac, serial
+
+    def __call__(self):
+        data = super().__call__()
+        data["interfaces"] = [{"name": "eth0", "mac_address": self.mac}]
+        data["system_vendor"] = {"serial_number": self.serial, "uuid": None}
+        return data
+
+
+def mac(i: int) -> str:
+    return f"52:54:00:00:00:{i:02x}"
+
+
+@pytest.fixture
+def ca_nodes(start_node, test_pki, tmp_path):
+    async def start(count: int, **overrides):
+        nodes = []
+        for i in range(count):
+            disk = tmp_path / f"disk-{i}"
+            inventory = NodeInventory(disk, mac(i), f"SER{i}")
+            node = await start_node(
+                f"n{i}",
+                inventory=inventory,
+                cert_file=test_pki.node_cert,
+                key_file=test_pki.node_key,
+                **overrides,
+            )
+            inventory.path = node.disk
+            nodes.append(node)
+        return nodes
+
+    return start
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def fleet_of(entries, test_pki, **settings):
+    data = {
+        "wait_interval": 0.1,
+        "wait_deadline": 1.5,
+        "poll_interval": 0.05,
+        "retries": 0,
+        **settings,
+        "defaults": {"cafile": str(test_pki.ca_pem), "token": TOKEN},
+        "nodes": entries,
+    }
+    return parse_fleet(data, test_pki.ca)
+
+
+def image(server, digest=None):
+    return {
+        "url": f"{server.base}/disk.img",
+        "checksum": f"sha256:{digest or hashlib.sha256(IMAGE).hexdigest()}",
+    }
+
+
+def written(node) -> bool:
+    with open(node.disk, "rb") as handle:
+        return handle.read(len(IMAGE)) == IMAGE
+
+
+async def test_fleet_done_refused_and_unreachable(
+    ca_nodes, start_node, test_pki, image_server, tmp_path
+):
+    good, stranger = await ca_nodes(2)
+    bound = await start_node("bound", inventory=NodeInventory(tmp_path / "x", mac(9), "SER9"))
+    bound.server.collect_inventory.path = bound.disk
+    entries = [
+        {
+            "name": "good",
+            "address": good.address,
+            "macs": [mac(0)],
+            "serial": "SER0",
+            "image": image(image_server),
+            "root_device": {"serial": "TEST0001"},
+        },
+        {
+            "name": "stranger",
+            "address": stranger.address,
+            "macs": [mac(5)],
+            "image": image(image_server),
+        },
+        {
+            "name": "bound",
+            "address": bound.address,
+            "macs": [mac(9).upper()],
+            "cafile": None,
+            "image": image(image_server),
+            "method": "prepare_image",
+            "finish": "run_image",
+        },
+        {"name": "never-up", "address": f"127.0.0.1:{free_port()}", "image": image(image_server)},
+    ]
+    # "bound" is verified by the token binding: no CA for it
+    entries[2].pop("cafile")
+    fleet = fleet_of(entries, test_pki)
+    fleet = type(fleet)(
+        fleet.settings,
+        tuple(
+            n if n.name != "bound" else type(n)(**{**n.__dict__, "trust": type(n.trust)()})
+            for n in fleet.nodes
+        ),
+    )
+    results_path = tmp_path / "results.json"
+    nodes = await provision(fleet, results_path)
+
+    assert nodes["good"]["state"] == "done", nodes["good"]
+    assert nodes["good"]["root_uuid"]
+    assert written(good) and good.power.calls == ["power_off"]
+    assert good.agent.node_uuid == nodes["good"]["node_uuid"]
+    stored = good.agent.node_info["node"]
+    assert stored["instance_info"]["root_device"] == {"serial": "TEST0001"}
+
+    assert nodes["stranger"]["state"] == "failed"
+    assert nodes["stranger"]["step"] == "identify"
+    assert f"MAC(s) {mac(5)} not present (seen: {mac(1)})" in nodes["stranger"]["reason"]
+    assert not written(stranger) and stranger.power.calls == []
+    assert stranger.agent.node_info is None  # refused before set_node_info
+
+    assert nodes["bound"]["state"] == "done", nodes["bound"]
+    assert written(bound) and bound.power.calls == ["reboot"]
+    assert nodes["bound"]["fingerprint"] == bound.agent.identity.fingerprint
+
+    assert nodes["never-up"]["state"] == "unreachable"
+    assert nodes["never-up"]["reason"].startswith("no answer within 1.5 s")
+
+    on_disk = json.loads(results_path.read_text())
+    assert on_disk["nodes"] == nodes
+    assert stat.S_IMODE(results_path.stat().st_mode) == 0o600
+    assert exit_code(nodes) == 1
+
+
+async def test_failed_image_write_is_reported_with_the_agents_error(
+    ca_nodes, test_pki, image_server, tmp_path
+):
+    (node,) = await ca_nodes(1)
+    fleet = fleet_of(
+        [{"name": "n", "address": node.address, "image": image(image_server, "0" * 64)}], test_pki
+    )
+    nodes = await provision(fleet, tmp_path / "r.json")
+    entry = nodes["n"]
+    assert entry["state"] == "failed" and entry["step"] == "write_image"
+    assert "checksum" in entry["reason"].lower() and "wiped" in entry["reason"]
+    assert node.power.calls == []
+    assert exit_code(nodes) == 1
+
+
+async def test_erase_step(ca_nodes, test_pki, image_server, tmp_path):
+    (node,) = await ca_nodes(1)
+    fleet = fleet_of(
+        [{"name": "n", "address": node.address, "erase": True, "image": image(image_server)}],
+        test_pki,
+    )
+    nodes = await provision(fleet, tmp_path / "r.json")
+    if "execute_clean_step" in node.agent.registry.commands.get("clean", {}):
+        assert nodes["n"]["state"] == "done"
+    else:  # this agent refuses the step: the refusal is what the operator sees
+        assert nodes["n"]["state"] == "failed"
+        assert nodes["n"]["step"] == "erase_devices_metadata"
+        assert "Unknown command execute_clean_step" in nodes["n"]["reason"]
+        assert not written(node)
+
+
+async def test_claim_on_first_use(ca_nodes, test_pki, image_server, tmp_path):
+    (node,) = await ca_nodes(1, agent_token=None)
+    entry = {"name": "n", "address": node.address, "claim": True, "finish": "none"}
+    data = {
+        "wait_interval": 0.1,
+        "poll_interval": 0.05,
+        "defaults": {"trust_on_first_use": True},
+        "nodes": [entry],
+    }
+    fleet = parse_fleet(data, tmp_path)
+    nodes = await provision(fleet, tmp_path / "r.json")
+    assert nodes["n"]["state"] == "done", nodes["n"]
+    assert node.agent.has_token and node.agent.token_matches(nodes["n"]["claim_token"])
+    assert nodes["n"]["fingerprint"] == node.agent.identity.fingerprint
+
+
+async def test_resume_after_interruption(ca_nodes, test_pki, image_server, tmp_path):
+    quick, slow_a, slow_b = await ca_nodes(3)
+    image_server.hold = True
+    entries = [
+        {"name": "quick", "address": quick.address},
+        {"name": "slow-a", "address": slow_a.address, "image": image(image_server)},
+        {"name": "slow-b", "address": slow_b.address, "image": image(image_server)},
+    ]
+    fleet = fleet_of(entries, test_pki)
+    results_path = tmp_path / "results.json"
+    run = asyncio.create_task(provision(fleet, results_path))
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        saved = json.loads(results_path.read_text())["nodes"] if results_path.exists() else {}
+        if saved.get("quick", {}).get("state") == "done" and all(
+            n.agent.executor.running() for n in (slow_a, slow_b)
+        ):
+            break
+    assert quick.power.calls == ["power_off"]
+    run.cancel()  # what Ctrl-C does
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    saved = json.loads(results_path.read_text())["nodes"]
+    assert saved["quick"]["state"] == "done"
+    assert saved["slow-a"]["state"] == "interrupted" and saved["slow-a"]["step"] == "write_image"
+
+    image_server.release.set()  # the agents' writes go on; a resumed run waits for them
+    nodes = await provision(fleet, results_path, resume=True)
+    assert {name: e["state"] for name, e in nodes.items()} == dict.fromkeys(nodes, "done"), nodes
+    assert quick.power.calls == ["power_off"]  # not repeated
+    for node in (slow_a, slow_b):
+        assert written(node) and node.power.calls == ["power_off"]
+        writes = [
+            r for r in node.agent.executor.history() if r["command_name"] == "execute_deploy_step"
+        ]
+        assert len(writes) == 1  # attached to the running write, not a second one
+    assert exit_code(nodes) == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"colour": "blue"}, "unknown key(s) colour"),
+        ({"image": {"url": "http://x/i", "checksum": "md5:00"}}, "sha256:<64 hex>"),
+        ({"cafile": None}, "no way to verify"),
+        ({"claim": True}, "claim makes a fresh token"),
+        ({"method": "dd"}, "method must be one of"),
+        ({"address": "h:0"}, "port must be 1-65535"),
+    ],
+)
+def test_fleet_file_errors(test_pki, change, message):
+    entry = {"name": "n", "address": "127.0.0.1", **change}
+    defaults = {"cafile": str(test_pki.ca_pem), "token": TOKEN}
+    if change.get("cafile", "") is None:
+        defaults = {}
+        entry.pop("cafile")
+    with pytest.raises(FleetError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_fleet({"defaults": defaults, "nodes": [entry]}, test_pki.ca)
