@@ -1,22 +1,45 @@
-"""``tacet``: the operator's command line (``tacet pki ...``).
+"""``tacet``: the operator's command line: talk to one agent, provision a fleet, PKI.
 
-Errors are one line on stderr and exit status 2. Nothing secret is printed unless
-asked for (``--show-token``); secret files are written 0600.
+Errors are one line on stderr; the exit status says what kind (see EXIT_CODES). Nothing
+secret is printed unless asked for (``--show-token``); secret files are written 0600.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
+import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from agent.tls import write_private
 from conductor import pki
 
+from .client import AgentClient, AgentError, Options, Trust, Unreachable, parse_pin
+
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+EXIT_CODES = """exit status:
+  0  success (provision: every node done)
+  1  the command failed on the agent, or the agent rejected the request
+     (provision: a node failed or the run was interrupted)
+  2  usage or local error (bad option, unreadable file)
+  3  the agent is unreachable (provision: nodes unreachable, none failed)
+  4  the agent's certificate did not verify, or it refused our token/certificate
+  5  the agent is busy with another command
+  6  the agent's answer is outside the protocol
+  130 interrupted (Ctrl-C)"""
+
+CONNECTION_HELP = """connection: HOST[:PORT] (default port 9999). Verify the agent one way:
+  --cafile CA.pem            a CA (name checked) or the agent's own certificate (pinned)
+  --pin sha256:HEX           the SHA-256 of the agent's certificate (as printed on its console)
+  --token/--token-file only  the token binding: the agent proves it holds the token
+  --trust-on-first-use       accept and print whatever certificate is served (explicit)"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,7 +50,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="tacet", description="Tacet operator tools.")
+    parser = _Parser(
+        prog="tacet",
+        description="Tacet operator tools: talk to passive agents, provision a fleet, PKI.",
+        epilog="examples:\n  tacet pki dev ./pki\n"
+        "  tacet status 127.0.0.1 --cafile pki/ca.pem\n"
+        "  tacet inventory 127.0.0.1 --cafile pki/ca.pem --token-file pki/nodes/node-1/token\n"
+        "  tacet provision fleet.toml\n\n"
+        "Run tacet COMMAND --help for each command's options.\n\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     pki_parser = commands.add_parser("pki", help="certificates and per-node secrets")
     actions = pki_parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -80,7 +112,329 @@ def _parser() -> argparse.ArgumentParser:
         "--ip", action="append", default=None, metavar="IP", help="IP SANs (default: 127.0.0.1)"
     )
     dev.set_defaults(run=_dev)
+    _agent_commands(commands)
     return parser
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _connection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("host", metavar="HOST[:PORT]", help="the agent (default port 9999)")
+    group = parser.add_argument_group("connection")
+    group.add_argument("--token", help="the agent token (prefer --token-file)")
+    group.add_argument("--token-file", type=Path, metavar="FILE", help="file with the token")
+    group.add_argument("--cafile", type=Path, metavar="FILE", help="CA or agent certificate")
+    group.add_argument("--pin", metavar="sha256:HEX", help="the agent certificate's SHA-256")
+    group.add_argument("--cert", type=Path, metavar="FILE", help="our client certificate")
+    group.add_argument("--key", type=Path, metavar="FILE", help="its private key")
+    group.add_argument(
+        "--trust-on-first-use",
+        action="store_true",
+        help="accept the certificate served and print its fingerprint (weakest; explicit)",
+    )
+    group.add_argument("--timeout", type=float, default=60.0, help="per request, s (%(default)s)")
+    group.add_argument("--retries", type=int, default=3, help="on connection errors (%(default)s)")
+
+
+def _agent_commands(commands: Any) -> None:
+    def add(name: str, help: str, examples: str, run: Callable[..., Any]) -> Any:
+        parser = commands.add_parser(
+            name,
+            help=help,
+            description=f"{help[0].upper()}{help[1:]}.\n\n{CONNECTION_HELP}",
+            epilog=f"examples:\n{examples}\n\n{EXIT_CODES}",
+            formatter_class=_Help,
+        )
+        _connection(parser)
+        parser.set_defaults(run=run)
+        return parser
+
+    status = add(
+        "status",
+        "show an agent's public status (version, mode, node, fingerprint, rejections)",
+        "  tacet status 10.0.0.5 --cafile pki/ca.pem\n"
+        "  tacet status 10.0.0.5 --pin sha256:3F1C... --json",
+        _status,
+    )
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+
+    inventory = add(
+        "inventory",
+        "show the hardware inventory as tables (system, NICs, disks)",
+        "  tacet inventory 10.0.0.5 --cafile pki/ca.pem --token-file pki/nodes/n1/token\n"
+        "  tacet inventory node-1 --token-file TOKEN --json > node-1.json",
+        _inventory,
+    )
+    inventory.add_argument("--json", action="store_true", help="print the raw inventory JSON")
+    inventory.add_argument("--refresh", action="store_true", help="collect it afresh")
+
+    node_info = add(
+        "node-info",
+        "give the agent its node_info (poll.set_node_info) from a JSON file",
+        "  tacet node-info 10.0.0.5 node.json --cafile pki/ca.pem --token-file TOKEN\n"
+        '  echo \'{"node": {"uuid": "..."}, "config": {}}\' | tacet node-info HOST - ...',
+        _node_info,
+    )
+    node_info.add_argument("file", metavar="FILE", help="JSON {node: ..., config: ...}; - = stdin")
+
+    deploy = add(
+        "deploy",
+        "write an image (deploy step write_image) and wait for it",
+        "  tacet deploy 10.0.0.5 --token-file TOKEN --cafile pki/ca.pem \\\n"
+        "      --image http://10.0.0.1/img/debian.raw --checksum sha256:9f86... --hint size=100",
+        _deploy,
+    )
+    deploy.add_argument("--image", required=True, metavar="URL")
+    deploy.add_argument("--checksum", required=True, metavar="ALGO:HEX", help="sha256 or sha512")
+    deploy.add_argument(
+        "--hint",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a root-device hint (repeatable), e.g. serial=S3Z1 or size='>= 100'",
+    )
+    deploy.add_argument("--interval", type=float, default=2.0, help="status poll interval, s")
+
+    commands_parser = add(
+        "commands",
+        "list the commands the agent ran, and their results",
+        "  tacet commands 10.0.0.5 --token-file TOKEN --cafile pki/ca.pem",
+        _commands,
+    )
+    commands_parser.add_argument("--json", action="store_true", help="print the raw JSON")
+
+    logs = add(
+        "logs",
+        "fetch the agent's log archive (tar.gz)",
+        "  tacet logs 10.0.0.5 --token-file TOKEN --cafile pki/ca.pem -o node-1-logs.tar.gz",
+        _logs,
+    )
+    logs.add_argument("-o", "--output", required=True, type=Path, metavar="FILE")
+
+    add(
+        "power-off",
+        "sync and power the machine off",
+        "  tacet power-off 10.0.0.5 --token-file TOKEN --cafile pki/ca.pem",
+        _power_off,
+    )
+
+    provision = commands.add_parser(
+        "provision",
+        help="run the passive flow for every node of a fleet file",
+        description="For each node, with at most CONCURRENCY in flight: wait until the agent"
+        " answers, check it is the expected machine (MACs, serial, system UUID, disk"
+        " serials), set its node_info, optionally erase disk metadata, write the image, read"
+        " the partition UUIDs, then power off or reboot. Every node ends done, failed (with"
+        " the step and the reason) or unreachable, in the results file (JSON, 0600). Ctrl-C"
+        " stops cleanly; --resume skips the nodes already done. The file format is in"
+        " docs/conductor.md.",
+        epilog="examples:\n  tacet provision fleet.toml\n"
+        "  tacet provision fleet.toml --results run1.json --resume --concurrency 200\n\n"
+        + EXIT_CODES,
+        formatter_class=_Help,
+    )
+    provision.add_argument("fleet", type=Path, metavar="FLEET.toml")
+    provision.add_argument(
+        "--results", type=Path, metavar="FILE", help="default: FLEET.results.json next to it"
+    )
+    provision.add_argument("--resume", action="store_true", help="skip nodes done before")
+    provision.add_argument("--concurrency", type=int, metavar="N", help="override the file's")
+    provision.add_argument("--plain", action="store_true", help="log lines, never bars")
+    provision.set_defaults(run=_provision)
+
+
+def _options(args: argparse.Namespace) -> Options:
+    token = args.token
+    if args.token_file is not None:
+        if token:
+            raise pki.PkiError("give --token or --token-file, not both")
+        token = args.token_file.read_text().strip()
+    if args.token:
+        print(
+            "tacet: warning: a token on the command line is visible to other users; "
+            "prefer --token-file",
+            file=sys.stderr,
+        )
+    try:
+        pin = parse_pin(args.pin) if args.pin else None
+    except ValueError as exc:
+        raise pki.PkiError(str(exc)) from None
+    if (args.cert is None) != (args.key is None):
+        raise pki.PkiError("--cert and --key go together")
+    trust = Trust(args.cafile, pin, args.trust_on_first_use, args.cert, args.key)
+    return Options(trust, token or None, timeout=args.timeout, retries=args.retries)
+
+
+def _with_client(
+    work: Callable[[AgentClient, argparse.Namespace], Awaitable[None]],
+) -> Callable[[argparse.Namespace], None]:
+    def run(args: argparse.Namespace) -> None:
+        options = _options(args)
+        try:
+            client = AgentClient(args.host, options)
+        except ValueError as exc:
+            raise pki.PkiError(str(exc)) from None
+
+        async def go() -> None:
+            async with client:
+                await work(client, args)
+                if client.mode == "tofu" and client.seen_fingerprint:
+                    print(
+                        f"tacet: trusted on first use: certificate SHA-256 "
+                        f"{client.seen_fingerprint}; pin it with --pin sha256:"
+                        f"{client.seen_fingerprint.replace(':', '')}",
+                        file=sys.stderr,
+                    )
+
+        asyncio.run(go())
+
+    return run
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+async def _status_work(client: AgentClient, args: argparse.Namespace) -> None:
+    from .progress import table
+
+    status = await client.status()
+    if args.json:
+        _print_json(status.raw)
+        return
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status.started_at))
+    rows = [
+        ("address", client.address),
+        ("version", status.version),
+        ("mode", status.mode),
+        ("started", started),
+        ("node uuid", status.node_uuid),
+        ("certificate sha256", status.certificate_fingerprint),
+        ("claimed by", status.claimed_by),
+        ("token binding", "yes" if status.binding else "no"),
+        ("rejections", json.dumps(status.raw.get("rejections") or {})),
+    ]
+    print(table(("agent", "value"), rows))
+
+
+async def _inventory_work(client: AgentClient, args: argparse.Namespace) -> None:
+    from .progress import inventory_text
+
+    inventory = await client.get_hardware_info(refresh=args.refresh)
+    if args.json:
+        _print_json(inventory.raw)
+    else:
+        print(inventory_text(inventory.raw))
+
+
+async def _node_info_work(client: AgentClient, args: argparse.Namespace) -> None:
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    try:
+        node_info = json.loads(text)
+    except ValueError as exc:
+        raise pki.PkiError(f"{args.file}: not JSON: {exc}") from None
+    if not isinstance(node_info, dict):
+        raise pki.PkiError(f"{args.file}: node_info must be a JSON object")
+    _print_json(await client.set_node_info(node_info))
+
+
+def _hint_value(text: str) -> Any:
+    if text.isdigit():
+        return int(text)
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+async def _deploy_work(client: AgentClient, args: argparse.Namespace) -> None:
+    from .fleet import image_spec
+
+    try:
+        image = image_spec(args.image, args.checksum)
+    except ValueError as exc:
+        raise pki.PkiError(str(exc)) from None
+    hints = {}
+    for hint in args.hint:
+        key, equals, value = hint.partition("=")
+        if not equals or not key:
+            raise pki.PkiError(f"--hint {hint!r}: expected KEY=VALUE")
+        hints[key.strip()] = _hint_value(value.strip())
+    node = {"instance_info": {"root_device": hints}} if hints else None
+    status = await client.status()
+    info = image.image_info(status.node_uuid or "")
+    started = time.monotonic()
+    result = await client.write_image(info, node)
+    print(f"{client.address}: writing {image.url} ({result.id})", file=sys.stderr)
+    done = await client.wait(result, interval=args.interval)
+    elapsed = time.monotonic() - started
+    print(((done.command_result or {}).get("deploy_result") or {}).get("result", "written"))
+    uuids = await client.get_partition_uuids()
+    print(f"root uuid: {uuids.root_uuid} ({elapsed:.1f} s)")
+
+
+async def _commands_work(client: AgentClient, args: argparse.Namespace) -> None:
+    from .progress import table
+
+    history = await client.list_commands()
+    if args.json:
+        _print_json([r.__dict__ for r in history])
+        return
+    rows = [
+        (r.id, r.command_name, r.status, (r.command_error or {}).get("message")) for r in history
+    ]
+    print(table(("id", "command", "status", "error"), rows))
+
+
+async def _logs_work(client: AgentClient, args: argparse.Namespace) -> None:
+    data = await client.collect_system_logs()
+    args.output.write_bytes(data)
+    print(f"{args.output}: {len(data)} bytes")
+
+
+async def _power_off_work(client: AgentClient, args: argparse.Namespace) -> None:
+    result = await client.power_off()
+    with contextlib.suppress(Unreachable):  # it went down before we read the result
+        await client.wait(result, interval=1.0, deadline=120)
+    print(f"{client.address}: powering off")
+
+
+_status = _with_client(_status_work)
+_inventory = _with_client(_inventory_work)
+_node_info = _with_client(_node_info_work)
+_deploy = _with_client(_deploy_work)
+_commands = _with_client(_commands_work)
+_logs = _with_client(_logs_work)
+_power_off = _with_client(_power_off_work)
+
+
+class _Outcome(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def _provision(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from .fleet import exit_code, load_fleet, provision
+    from .progress import interactive, reporter
+
+    fleet = load_fleet(args.fleet)
+    if args.concurrency is not None:
+        if args.concurrency < 1:
+            raise pki.PkiError("--concurrency must be at least 1")
+        fleet = replace(fleet, settings=replace(fleet.settings, concurrency=args.concurrency))
+    results = args.results or args.fleet.with_suffix(".results.json")
+    if args.plain or not interactive():
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    nodes = asyncio.run(provision(fleet, results, args.resume, reporter(args.plain)))
+    counts: dict[str, int] = {}
+    for entry in nodes.values():
+        counts[entry["state"]] = counts.get(entry["state"], 0) + 1
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    print(f"{summary} ({results})")
+    raise _Outcome(exit_code(nodes))
 
 
 def _init(args: argparse.Namespace) -> None:
@@ -134,10 +488,20 @@ def _dev(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .fleet import FleetError
+
     args = _parser().parse_args(argv)
     try:
         args.run(args)
-    except pki.PkiError as exc:
+    except _Outcome as outcome:
+        return outcome.code
+    except KeyboardInterrupt:
+        print("tacet: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except AgentError as exc:
+        print(f"tacet: {exc.kind}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (pki.PkiError, FleetError) as exc:
         print(f"tacet: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:

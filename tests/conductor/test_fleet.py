@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import socket
 import stat
@@ -266,3 +267,18 @@ def test_fleet_file_errors(test_pki, change, message):
         entry.pop("cafile")
     with pytest.raises(FleetError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_fleet({"defaults": defaults, "nodes": [entry]}, test_pki.ca)
+
+
+async def test_progress_bars_on_a_terminal(ca_nodes, test_pki, tmp_path):
+    from rich.console import Console
+
+    from conductor.progress import RichReporter
+
+    (node,) = await ca_nodes(1)
+    screen = io.StringIO()
+    reporter = RichReporter(Console(file=screen, force_terminal=True, width=100))
+    fleet = fleet_of([{"name": "shown", "address": node.address, "finish": "none"}], test_pki)
+    nodes = await provision(fleet, tmp_path / "r.json", reporter=reporter)
+    assert nodes["shown"]["state"] == "done"
+    text = screen.getvalue()
+    assert "shown: done" in text and "fleet (1 done)" in text
