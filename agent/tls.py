@@ -16,10 +16,10 @@ import json
 import os
 import socket
 import ssl
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 GENERATED_CERT = "agent-cert.pem"
 GENERATED_KEY = "agent-key.pem"
@@ -272,18 +272,36 @@ def client_context(
     return context
 
 
+class _RememberingSSLObject(ssl.SSLObject):
+    """Hands its TLS session to its context once the first data arrives (TLS 1.3 sends
+    the session ticket right after the handshake, before any answer)."""
+
+    _tacet_context: ResumingContext | None = None
+    _tacet_key: str | None = None
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        data = super().read(len, buffer)
+        context = self._tacet_context
+        if context is not None and data:
+            self._tacet_context = None  # once per connection: the getter is not free
+            context._connected(self)
+        return data
+
+
 class ResumingContext(ssl.SSLContext):
     """A client context that offers each server the TLS session it last got from it.
 
-    asyncio's SSL transport has no ``session`` argument, so the context remembers the
-    last connection per server name and hands its session to ``wrap_bio`` for the next
-    one: a reconnect after an idle connection was closed costs an abbreviated handshake.
+    asyncio's SSL transport has no ``session`` argument, so each connection's session is
+    remembered by server name (when its first data arrives) and handed to ``wrap_bio``
+    for the next connection to that name: a reconnect costs an abbreviated handshake.
     """
 
     def __init__(self, protocol: int = ssl.PROTOCOL_TLS_CLIENT) -> None:
         super().__init__()  # the protocol is taken by SSLContext.__new__
-        self._last: dict[str, weakref.ref[ssl.SSLObject]] = {}
+        self.sslobject_class = _RememberingSSLObject
         self._sessions: dict[str, ssl.SSLSession] = {}
+        self.handshakes = 0
+        self.resumed = 0
 
     def wrap_bio(
         self,
@@ -295,20 +313,41 @@ class ResumingContext(ssl.SSLContext):
     ) -> ssl.SSLObject:
         key = server_hostname.decode() if isinstance(server_hostname, bytes) else server_hostname
         if key is not None and session is None and not server_side:
-            previous = self._last.get(key)
-            if previous is not None and (obj := previous()) is not None and obj.session:
-                self._sessions[key] = obj.session
             session = self._sessions.get(key)
         try:
             obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
         except ValueError:  # a session from another context or an expired one
             obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname)
-        if key is not None and not server_side:
-            self._last[key] = weakref.ref(obj)
+        if key is not None and not server_side and isinstance(obj, _RememberingSSLObject):
+            obj._tacet_context, obj._tacet_key = self, key
         return obj
+
+    def _connected(self, obj: _RememberingSSLObject) -> None:
+        self.handshakes += 1
+        if obj.session_reused:
+            self.resumed += 1
+        session = obj.session
+        if session is not None and obj._tacet_key is not None:
+            self._sessions[obj._tacet_key] = session
 
     def sessions_known(self) -> int:
         return len(self._sessions)
+
+
+CONDUCTOR_READ_BUFFER = 16 * 1024 + 512
+
+
+def limit_tls_read_buffer(size: int = CONDUCTOR_READ_BUFFER) -> None:
+    """Make asyncio's TLS connections allocate ``size`` bytes of read buffer, not 256 KiB.
+
+    asyncio's SSLProtocol zero-fills a ``max_size`` (256 KiB) bytearray per connection:
+    a conductor keeping 5,000 agents alive would hold 1.25 GiB in read buffers alone.
+    Agent answers are small, so a few TLS records per read is plenty. Process-wide; the
+    conductor calls it (the agent, serving one conductor, keeps asyncio's default).
+    """
+    import asyncio.sslproto
+
+    asyncio.sslproto.SSLProtocol.max_size = size
 
 
 def conductor_context(

@@ -26,7 +26,13 @@ from typing import Any
 import aiohttp
 
 from agent.core import binding_hmac
-from agent.tls import conductor_context, fingerprint, probe_context, spki_der
+from agent.tls import (
+    conductor_context,
+    fingerprint,
+    limit_tls_read_buffer,
+    probe_context,
+    spki_der,
+)
 
 DEFAULT_PORT = 9999
 RUNNING = "RUNNING"
@@ -321,19 +327,44 @@ class PartitionUuids:
 
 
 # -- connections -------------------------------------------------------------------------
-class Pool:
-    """One HTTP connection pool for many agents: kept-alive connections, no global limit
-    (the poller bounds concurrency itself), and the CA contexts shared between agents."""
+DEFAULT_KEPT_ALIVE = 1000
 
-    def __init__(self, keepalive: float = 60.0, trace_configs: list[Any] | None = None) -> None:
+
+class Pool:
+    """One HTTP connection pool for many agents, and the CA contexts they share.
+
+    A kept-alive TLS connection costs the poller about 80 KiB (OpenSSL, asyncio, aiohttp),
+    so at most ``max_kept_alive`` agents keep theirs; the others close after each request
+    and reconnect with TLS session resumption (no certificate check, no signatures). No
+    global connection limit: the poller bounds concurrency itself.
+    """
+
+    def __init__(
+        self,
+        keepalive: float = 60.0,
+        max_kept_alive: int = DEFAULT_KEPT_ALIVE,
+        trace_configs: list[Any] | None = None,
+    ) -> None:
         self.keepalive = keepalive  # below the agent's 75 s, so we close first
+        self.max_kept_alive = max_kept_alive
+        self.kept_alive: set[str] = set()
         self.trace_configs = trace_configs
         self._session: aiohttp.ClientSession | None = None
         self._contexts: dict[tuple[Any, ...], ssl.SSLContext] = {}
 
+    def keep_alive_slot(self, address: str) -> bool:
+        """Whether this agent gets a kept-alive connection (first come, first served)."""
+        if address in self.kept_alive:
+            return True
+        if len(self.kept_alive) < self.max_kept_alive:
+            self.kept_alive.add(address)
+            return True
+        return False
+
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
+            limit_tls_read_buffer()
             connector = aiohttp.TCPConnector(
                 limit=0, limit_per_host=0, keepalive_timeout=self.keepalive
             )
@@ -375,6 +406,7 @@ class AgentClient:
         self.pool = pool or Pool()
         self.context: ssl.SSLContext | None = None
         self.seen_fingerprint: str | None = None  # colon hex, as the agent prints it
+        self.keep_alive = self.pool.keep_alive_slot(self.address)
 
     async def __aenter__(self) -> AgentClient:
         return self
@@ -551,6 +583,8 @@ class AgentClient:
         headers = {}
         if token and self.options.token:
             headers["Authorization"] = f"Bearer {self.options.token}"
+        if not self.keep_alive:
+            headers["Connection"] = "close"
 
         async def attempt() -> Any:
             async with self.pool.session.request(

@@ -378,3 +378,31 @@ async def test_resuming_context_offers_the_last_session(test_pki):
         await server.wait_closed()
     assert reused == [False, True]
     assert context.sessions_known() == 1
+    assert (context.handshakes, context.resumed) == (2, 1)
+
+
+async def test_beyond_the_kept_alive_limit_sessions_are_resumed(ca_node, test_pki):
+    created = []
+    trace = aiohttp.TraceConfig()
+
+    async def on_create(session, context, params):
+        created.append(params)
+
+    trace.on_connection_create_end.append(on_create)
+    pool = Pool(max_kept_alive=0, trace_configs=[trace])
+    client = AgentClient(ca_node.address, Options(Trust(cafile=test_pki.ca_pem), TOKEN), pool=pool)
+    assert not client.keep_alive
+    try:
+        for _ in range(3):
+            await client.status()
+        await client.sync()
+    finally:
+        await pool.close()
+    assert len(created) == 4  # a connection per request
+    assert (client.context.handshakes, client.context.resumed) == (4, 3)  # full, then resumed
+    # one slot per agent address, however many clients talk to it
+    pool = Pool(max_kept_alive=1)
+    options = Options(Trust(cafile=test_pki.ca_pem), TOKEN)
+    first, again = (AgentClient(ca_node.address, options, pool=pool) for _ in range(2))
+    other = AgentClient("127.0.0.2:9", options, pool=pool)
+    assert first.keep_alive and again.keep_alive and not other.keep_alive
