@@ -406,3 +406,13 @@ async def test_beyond_the_kept_alive_limit_sessions_are_resumed(ca_node, test_pk
     first, again = (AgentClient(ca_node.address, options, pool=pool) for _ in range(2))
     other = AgentClient("127.0.0.2:9", options, pool=pool)
     assert first.keep_alive and again.keep_alive and not other.keep_alive
+
+
+async def test_held_off_after_failures_is_unauthenticated(ca_node, test_pki):
+    async with ca_client(ca_node, test_pki, token="wrong") as client:
+        for _ in range(10):
+            with pytest.raises(Unauthenticated, match="Token invalid"):
+                await client.sync()
+        with pytest.raises(Unauthenticated, match="held off") as held:
+            await client.sync()
+        assert "Retry-After" in str(held.value)
