@@ -313,12 +313,17 @@ def lazy_system_trust(environ: MutableMapping[str, str] = os.environ) -> Iterato
     agent's start). The hashed CA directory is the same store (Debian's
     update-ca-certificates writes both), looked up per issuer only when a certificate
     is verified, so verification is unchanged and nothing is switched off. Applies only
-    when the operator set no ``SSL_CERT_FILE`` and the directory is hashed; the
-    environment is restored afterwards, so contexts built later see the usual defaults.
-    Yields whether it applied.
+    when ``SSL_CERT_FILE`` is unset or names the system bundle itself (some images
+    export it) and the directory is hashed; the environment is restored afterwards, so
+    contexts built later see the usual defaults. Yields whether it applied.
     """
-    applies = "SSL_CERT_FILE" not in environ and _hashed_directory(
-        environ.get("SSL_CERT_DIR") or ssl.get_default_verify_paths().openssl_capath
+    defaults = ssl.get_default_verify_paths()
+    bundle = environ.get("SSL_CERT_FILE")
+    system_bundle = bundle is None or os.path.realpath(bundle) == os.path.realpath(
+        defaults.openssl_cafile
+    )
+    applies = system_bundle and _hashed_directory(
+        environ.get("SSL_CERT_DIR") or defaults.openssl_capath
     )
     if applies:
         environ["SSL_CERT_FILE"] = os.devnull
@@ -326,4 +331,7 @@ def lazy_system_trust(environ: MutableMapping[str, str] = os.environ) -> Iterato
         yield applies
     finally:
         if applies:
-            environ.pop("SSL_CERT_FILE", None)
+            if bundle is None:
+                environ.pop("SSL_CERT_FILE", None)
+            else:
+                environ["SSL_CERT_FILE"] = bundle

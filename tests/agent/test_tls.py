@@ -541,6 +541,18 @@ def test_lazy_system_trust_leaves_an_operator_bundle_alone(tmp_path: Path) -> No
     assert environ == {"SSL_CERT_FILE": str(tmp_path / "bundle.pem")}
 
 
+def test_lazy_system_trust_applies_when_the_variable_names_the_system_bundle(
+    hashed_ca_dir: tuple[Path, ssl.SSLContext],
+) -> None:
+    directory, _ = hashed_ca_dir
+    system_bundle = ssl.get_default_verify_paths().openssl_cafile
+    environ = {"SSL_CERT_FILE": system_bundle, "SSL_CERT_DIR": str(directory)}
+    with lazy_system_trust(environ) as applied:
+        assert environ["SSL_CERT_FILE"] == os.devnull
+    assert applied is True
+    assert environ == {"SSL_CERT_FILE": system_bundle, "SSL_CERT_DIR": str(directory)}
+
+
 def test_lazy_system_trust_needs_a_hashed_directory(tmp_path: Path) -> None:
     (tmp_path / "ca.pem").write_text("not hashed")
     environ = {"SSL_CERT_DIR": str(tmp_path)}
