@@ -212,6 +212,10 @@ class _Fetcher:
         await asyncio.sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
 
     async def fetch_text(self, url: str, limit: int = MAX_CHECKSUM_FILE) -> str:
+        body = await self.fetch_bytes(url, limit, "checksum file")
+        return body.decode("utf-8", errors="replace")
+
+    async def fetch_bytes(self, url: str, limit: int, what: str) -> bytes:
         attempt = 0
         while True:
             attempt += 1
@@ -229,8 +233,8 @@ class _Fetcher:
                 await self.sleep(attempt)
                 continue
             if len(body) > limit:
-                raise DownloadError(f"{url}: checksum file larger than {limit} bytes")
-            return body.decode("utf-8", errors="replace")
+                raise DownloadError(f"{url}: {what} larger than {limit} bytes")
+            return body
 
 
 def _describe(error: BaseException) -> str:
@@ -240,6 +244,28 @@ def _describe(error: BaseException) -> str:
         return str(error)
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+async def fetch_small(
+    url: str,
+    limit: int,
+    what: str,
+    *,
+    image_info: Mapping[str, Any] | None = None,
+    cafile: Path | str | None = None,
+    allowed_prefixes: Sequence[str] | None = None,
+    retries: int = 3,
+    backoff: float = 1.0,
+) -> bytes:
+    """A small file (a configdrive) with the image's TLS, proxy, auth and allowlist rules."""
+    _check_url(url, allowed_prefixes)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30.0, sock_read=60.0)
+    connector = aiohttp.TCPConnector(ssl=client_context(cafile=cafile))
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, trust_env=False, auto_decompress=False
+    ) as session:
+        fetcher = _Fetcher(session, image_info or {}, allowed_prefixes, retries, backoff, 30.0)
+        return await fetcher.fetch_bytes(url, limit, what)
 
 
 async def download(

@@ -6,6 +6,7 @@ through a checked temp file and ``qemu-img convert`` (:mod:`image.qemu`).
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -14,13 +15,17 @@ import stat
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from agent.commands import CommandError, InvalidCommandParamsError, report_progress
 from hardware.hints import HintError, NoMatchingDisk, select_root_device
 from hardware.model import Disk
 
 from .checksum import ChecksumMismatch, ImageError
-from .download import Progress, download
+from .configdrive import MAX_SIZE, ConfigDriveError
+from .configdrive import decode as decode_configdrive
+from .configdrive import write as configdrive_write
+from .download import Progress, download, fetch_small
 from .formats import HEAD_BYTES, FormatError, check_permitted, check_qcow2, detect, parse_qcow2
 from .partitions import parse_partition_table, partition_uuids, read_head
 from .qemu import convert
@@ -84,8 +89,7 @@ async def write_image(
             f"disk_format {disk_format!r} is not permitted "
             f"(permitted: {', '.join(PERMITTED_FORMATS)})"
         )
-    if configdrive:
-        raise InvalidCommandParamsError("configdrive is not supported yet")
+    drive = await fetch_configdrive(configdrive, image_info) if configdrive else None
     inventory = await agent.inventory.get(refresh=True)
     disk = choose_disk(inventory, {"node": node} if node else agent.node_info)
     check_not_in_use(disk.name)
@@ -105,12 +109,35 @@ async def write_image(
         wipe_ends(disk.name)
         raise ImageWriteError(f"{exc}; {disk.name} was wiped", code=code) from None
     reread_partition_table(disk.name)
+    if drive is not None:
+        job.stage = "configdrive"
+        try:
+            placed = await asyncio.get_running_loop().run_in_executor(
+                None, configdrive_write, disk.name, drive
+            )
+        except ConfigDriveError as exc:
+            raise ImageWriteError(f"image written, but the configdrive failed: {exc}") from None
+        LOG.info("configdrive written to partition %d of %s", placed.partition, disk.name)
+        reread_partition_table(disk.name)
     uuids = partition_uuids(disk.name, parse_partition_table(read_head(disk.name)))
     agent.partition_uuids = uuids
     return (
         f"image ({image_info.get('id')}) written to device {disk.name} "
         f"root_uuid={uuids['root uuid']}"
     )
+
+
+async def fetch_configdrive(configdrive: str, image_info: dict[str, Any]) -> bytes:
+    """The configdrive image, checked before the disk is touched (400 when bad)."""
+    try:
+        if urlsplit(configdrive.strip()).scheme.lower() in ("http", "https"):
+            body = await fetch_small(
+                configdrive.strip(), 2 * MAX_SIZE, "configdrive", image_info=image_info
+            )
+            return decode_configdrive(body)
+        return decode_configdrive(configdrive)
+    except ImageError as exc:
+        raise InvalidCommandParamsError(f"configdrive: {exc}") from None
 
 
 def check_not_in_use(device: str, sys_block: Path = SYS_BLOCK) -> None:
@@ -144,8 +171,8 @@ class ImageJob:
         self.touched = False  # the device may hold part of this image
 
     def status(self) -> dict[str, Any]:
-        written = self.converted if self.stage == "convert" else 0
-        if self.sink is not None and self.stage == "download" and self.sink.kind != "as-is":
+        written = self.converted
+        if not written and self.sink is not None and self.sink.kind != "as-is":
             written = self.sink.written
         return {
             "stage": self.stage,
