@@ -47,6 +47,7 @@ LOG = logging.getLogger(__name__)
 PERMITTED_FORMATS = ("raw", "qcow2")
 MOUNTS = Path("/proc/mounts")
 SYS_BLOCK = Path("/sys/block")
+SYS_CLASS = Path("/sys/class/block")
 TMP_DIR = Path(tempfile.gettempdir())  # qcow2 downloads land here; room is checked
 TMP_RESERVE = 64 * 1024 * 1024
 BLKRRPART = 0x125F
