@@ -135,7 +135,7 @@ from image.sink import StreamSink
 from image.writer import DiskWriter
 async def main():
     start = time.perf_counter()
-    sink = StreamSink(DiskWriter(sys.argv[2]))
+    sink = StreamSink(DiskWriter(sys.argv[2], direct=sys.argv[6] == "direct"))
     try:
         info = {"urls": [sys.argv[1]], "os_hash_algo": "sha256", "os_hash_value": sys.argv[3]}
         await download(info, sink)
@@ -148,9 +148,12 @@ asyncio.run(main())
 """
 
 
-def compare(url: str, device: str, digest: str, pipeline: str, rounds: int, size: int) -> None:
+def compare(
+    url: str, device: str, digest: str, pipeline: str, rounds: int, size: int, direct: bool
+) -> None:
     inner = Path(f"/tmp/tacet-bench-inner-{os.getpid()}")
-    tacet = [sys.executable, "-c", TACET, url, device, digest, str(ROOT), str(inner)]
+    mode = "direct" if direct else "buffered"
+    tacet = [sys.executable, "-c", TACET, url, device, digest, str(ROOT), str(inner), mode]
     plain = ["bash", "-o", "pipefail", "-c", pipeline.format(url=url, target=device)]
     results: dict[str, list[tuple[float, float]]] = {"tacet": [], "plain": []}
     inside: list[float] = []
@@ -166,7 +169,7 @@ def compare(url: str, device: str, digest: str, pipeline: str, rounds: int, size
         wall = statistics.median(w for w, _ in samples)
         cpu = statistics.median(c for _, c in samples)
         medians[name] = wall
-        label = "tacet (sha256)" if name == "tacet" else pipeline.split("{url}")[0] + "..."
+        label = f"tacet (sha256, {mode})" if name == "tacet" else pipeline.split("{url}")[0] + "..."
         print(
             f"  {label:28} {size / MIB / wall:8.0f} MiB/s  {wall:6.2f} s  "
             f"{cpu / gib:5.2f} CPU s/GiB  (runs: {', '.join(f'{w:.2f}' for w, _ in samples)})"
@@ -191,6 +194,11 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/tacet-bench-image"))
     parser.add_argument("--target", choices=("loop", "file"), default="loop")
     parser.add_argument("--skip-gzip", action="store_true")
+    parser.add_argument(
+        "--buffered",
+        action="store_true",
+        help="Tacet writes through the page cache + fsync instead of O_DIRECT",
+    )
     args = parser.parse_args()
     if shutil.which("curl") is None:
         print("curl is needed for the comparison", file=sys.stderr)
@@ -211,6 +219,7 @@ def main() -> int:
             "curl -s {url} | dd of={target} bs=4M oflag=direct iflag=fullblock status=none",
             args.rounds,
             size,
+            not args.buffered,
         )
         if not args.skip_gzip:
             print(f"gzip image -> {dev}")
@@ -222,6 +231,7 @@ def main() -> int:
                 "status=none",
                 args.rounds,
                 size,
+                not args.buffered,
             )
     return 0
 

@@ -104,6 +104,29 @@ async def test_compressed_raw_streams_through_decompression(
         assert read(disk, len(data)) == data, name
 
 
+async def test_gzip_restarted_when_range_is_not_offered_and_bad_checksum_wipes(
+    tmp_path, loop_devices, agent_with, files
+):
+    data = payload(tmp_path)
+    blob = gzip.compress(data, 1)
+    disk = loop_devices(5 * GIB)
+    node = await agent_with([disk_entry(disk, 5 * GIB, "D1")])
+    # dropped mid-stream by a server without ranges: the decoder starts over from byte 0
+    files["a.gz"] = Served(blob, drop_after=len(blob) // 2, ranges=False)
+    result = await prepare(node, info(f"{files.base}/a.gz", blob))
+    assert result["command_status"] == "SUCCEEDED", result
+    assert files["a.gz"].requests == 2
+    assert read(disk, len(data)) == data
+    # a wrong checksum fails after the data streamed: both ends of the disk are wiped
+    files["b.gz"] = Served(blob)
+    result = await prepare(node, info(f"{files.base}/b.gz", b"other"))
+    assert result["command_status"] == "FAILED"
+    assert result["command_error"]["code"] == 400
+    assert hashlib.sha256(blob).hexdigest() in result["command_error"]["message"]
+    assert read(disk, MIB) == bytes(MIB)
+    assert read(disk, MIB, 5 * GIB - MIB) == bytes(MIB)
+
+
 async def test_gzip_of_a_qcow2_is_not_written_as_raw(tmp_path, loop_devices, agent_with, files):
     need("qemu-img")
     raw = tmp_path / "s.raw"
