@@ -102,6 +102,10 @@ async def write_image(
             await job.stream(image_info)
         else:
             await job.convert(image_info, disk_format)
+    except asyncio.CancelledError:
+        if job.touched:  # the agent is stopping mid-write: leave nothing bootable
+            wipe_ends(disk.name)  # 2 MiB and an fsync; the writing threads are done
+        raise
     except ImageError as exc:
         code = 400 if isinstance(exc, ChecksumMismatch | FormatError | ImageTooLarge) else 500
         if not job.touched:

@@ -251,3 +251,32 @@ def test_disk_with_holders_refused(tmp_path):
         check_not_in_use("/dev/sdb", sys_block)
     assert caught.value.code == 409 and "in use by dm-0" in caught.value.message
     check_not_in_use("/dev/sdd", sys_block)
+
+
+async def test_agent_stopping_mid_write_wipes_the_disk(tmp_path, loop_devices, agent_with, files):
+    data = os.urandom(24 * MIB)
+    disk = loop_devices(5 * GIB)
+    with open(disk, "r+b") as handle:
+        handle.seek(5 * GIB - 6)
+        handle.write(b"BEFORE")
+    node = await agent_with([disk_entry(disk, 5 * GIB, "D1")])
+    files["slow.raw"] = Served(data, piece=MIB, delay=0.2)
+    await node.post(
+        {
+            "name": "standby.prepare_image",
+            "params": {"image_info": info(f"{files.base}/slow.raw", data)},
+        }
+    )
+    for _ in range(100):
+        _, listing = await node.get("/v1/commands/")
+        if (listing["commands"][-1]["command_result"] or {}).get("written_bytes", 0) > 0:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the write never started")
+    assert read(disk, MIB) == data[:MIB]
+    await node.agent.executor.stop("test stops the agent")
+    _, listing = await node.get("/v1/commands/")
+    assert listing["commands"][-1]["command_status"] == "FAILED"
+    assert read(disk, MIB) == bytes(MIB)
+    assert read(disk, 6, 5 * GIB - 6) == bytes(6)
