@@ -7,7 +7,7 @@ import os
 import pytest
 
 from image import provision
-from image.erase import agent_disks, erasable
+from image.erase import EraseError, EraseProgress, agent_disks, erasable, erase
 from image.partitions import parse_partition_table
 from tests.image.conftest import GIB, MIB, disk_entry, need, read, run
 
@@ -117,3 +117,17 @@ def test_agent_disks_follow_partitions_and_device_mapper(tmp_path):
     assert agent_disks(mounts, sys_class) >= {"sda", "sdb"}
     keep, skip = erasable(["/dev/sda", "/dev/sdb", "/dev/sdc"], mounts, sys_class)
     assert keep == ["/dev/sdc"] and skip == ["/dev/sda", "/dev/sdb"]
+
+
+def test_erase_reports_progress_and_falls_back_to_zeroing(loop_devices, tmp_path):
+    disk = loop_devices(GIB)
+    with open(disk, "r+b") as handle:
+        handle.write(os.urandom(4096))
+    progress = EraseProgress()
+    # a sysfs without discard support: the kernel's zero-out is used instead
+    assert erase(disk, progress, sys_class=tmp_path) in ("zeroout", "write")
+    assert progress.device == disk and progress.done == progress.total == GIB
+    assert read(disk, 4096) == bytes(4096)
+    interrupted = EraseProgress()
+    with pytest.raises(EraseError, match="interrupted"):
+        erase(disk, interrupted, sys_class=tmp_path, cancelled=lambda: True)
