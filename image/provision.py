@@ -136,8 +136,10 @@ async def fetch_configdrive(configdrive: str, image_info: dict[str, Any]) -> byt
     """The configdrive image, checked before the disk is touched (400 when bad)."""
     try:
         if urlsplit(configdrive.strip()).scheme.lower() in ("http", "https"):
+            # the image server's credentials are not sent to the configdrive's server
+            network = {k: image_info[k] for k in ("proxies", "no_proxy") if k in image_info}
             body = await fetch_small(
-                configdrive.strip(), 2 * MAX_SIZE, "configdrive", image_info=image_info
+                configdrive.strip(), 2 * MAX_SIZE, "configdrive", image_info=network
             )
             return decode_configdrive(body)
         return decode_configdrive(configdrive)
