@@ -137,7 +137,9 @@ async def fetch_configdrive(configdrive: str, image_info: dict[str, Any]) -> byt
     try:
         if urlsplit(configdrive.strip()).scheme.lower() in ("http", "https"):
             # the image server's credentials are not sent to the configdrive's server
-            network = {k: image_info[k] for k in ("proxies", "no_proxy") if k in image_info}
+            network: dict[str, Any] = {
+                k: image_info[k] for k in ("proxies", "no_proxy") if k in image_info
+            }
             body = await fetch_small(
                 configdrive.strip(), 2 * MAX_SIZE, "configdrive", image_info=network
             )
