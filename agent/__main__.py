@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tacet-agent: configuration error: {exc}", file=sys.stderr)
         return 2
-    from .daemon import configure_logging, serve
+    from .tls import lazy_system_trust
+
+    with lazy_system_trust():
+        from .daemon import configure_logging, serve
     from .power import RecordingPower, SystemPower
 
     configure_logging(config.debug)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import functools
 import logging
 import traceback
@@ -175,14 +176,18 @@ class CommandResult:
     command_error: dict[str, Any] | None = None
     command_result: dict[str, Any] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    live: Callable[[], dict[str, Any]] | None = field(default=None, repr=False)
 
     def serialize(self) -> dict[str, Any]:
+        result = self.command_result
+        if self.command_status == RUNNING and self.live is not None:
+            result = self.live()
         return {
             "id": self.id,
             "command_name": self.command_name,
             "command_status": self.command_status,
             "command_error": self.command_error,
-            "command_result": self.command_result,
+            "command_result": result,
         }
 
     def finish(self, result: Any = None, error: BaseException | None = None) -> None:
@@ -193,6 +198,19 @@ class CommandResult:
             self.command_status = SUCCEEDED
             self.command_result = result
         self.done.set()
+
+
+_CURRENT: contextvars.ContextVar[CommandResult | None] = contextvars.ContextVar(
+    "tacet_current_command", default=None
+)
+
+
+def report_progress(live: Callable[[], dict[str, Any]] | None) -> None:
+    """Show ``live()`` as the running command's ``command_result`` until it ends (image
+    writes report bytes and rate this way). Outside a command it does nothing."""
+    result = _CURRENT.get()
+    if result is not None:
+        result.live = live
 
 
 def shape_result(command: Command, value: Any) -> dict[str, Any] | None:
@@ -261,6 +279,7 @@ class Executor:
 
     async def _run(self, command: Command, params: dict[str, Any], result: CommandResult) -> None:
         LOG.info("command %s.%s started (%s)", command.extension, command.name, result.id)
+        token = _CURRENT.set(result)
         try:
             value = await command.handler(**params)
             result.finish(shape_result(command, value))
@@ -272,6 +291,9 @@ class Executor:
         except Exception as exc:
             LOG.warning("command %s.%s failed: %s", command.extension, command.name, exc)
             result.finish(error=exc)
+        finally:
+            _CURRENT.reset(token)
+            result.live = None
         LOG.info("command %s ended %s", result.id, result.command_status)
         if command.is_async and self.on_async_done is not None:
             self.on_async_done(result)

@@ -9,14 +9,16 @@ restart, so the certificate ironic stored still matches.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import ipaddress
 import json
 import os
+import re
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -415,3 +417,50 @@ def local_addresses() -> set[IPAddress]:
                 if not address.is_link_local:
                     found.add(address)
     return found
+
+
+_HASHED_NAME = re.compile(r"^[0-9a-f]{8}\.[0-9]+$")
+
+
+def _hashed_directory(path: str | None) -> bool:
+    """Whether ``path`` holds OpenSSL subject-hash links (as ``update-ca-certificates`` makes)."""
+    if not path:
+        return False
+    try:
+        with os.scandir(path) as entries:
+            return any(_HASHED_NAME.match(entry.name) for entry in entries)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def lazy_system_trust(environ: MutableMapping[str, str] = os.environ) -> Iterator[bool]:
+    """Around importing aiohttp: find system CAs on demand instead of parsing the bundle.
+
+    aiohttp builds its default client SSL contexts when it is imported, and OpenSSL 3
+    parses the whole CA bundle file for each (about 100 ms here, a third of the
+    agent's start). The hashed CA directory is the same store (Debian's
+    update-ca-certificates writes both), looked up per issuer only when a certificate
+    is verified, so verification is unchanged and nothing is switched off. Applies only
+    when ``SSL_CERT_FILE`` is unset or names the system bundle itself (some images
+    export it) and the directory is hashed; the environment is restored afterwards, so
+    contexts built later see the usual defaults. Yields whether it applied.
+    """
+    defaults = ssl.get_default_verify_paths()
+    bundle = environ.get("SSL_CERT_FILE")
+    system_bundle = bundle is None or os.path.realpath(bundle) == os.path.realpath(
+        defaults.openssl_cafile
+    )
+    applies = system_bundle and _hashed_directory(
+        environ.get("SSL_CERT_DIR") or defaults.openssl_capath
+    )
+    if applies:
+        environ["SSL_CERT_FILE"] = os.devnull
+    try:
+        yield applies
+    finally:
+        if applies:
+            if bundle is None:
+                environ.pop("SSL_CERT_FILE", None)
+            else:
+                environ["SSL_CERT_FILE"] = bundle

@@ -106,6 +106,10 @@ class AgentTarget(Target):
 
 
 class HelloTarget(Target):
+    def __init__(self, name: str, workdir: Path, *extra: str) -> None:
+        super().__init__(name, workdir)
+        self.extra = list(extra)
+
     def command(self) -> list[str]:
         state = self.workdir / "state"
         return [
@@ -114,6 +118,7 @@ class HelloTarget(Target):
             str(self.port),
             str(state / "agent-cert.pem"),
             str(state / "agent-key.pem"),
+            *self.extra,
         ]
 
 
@@ -187,8 +192,10 @@ def main() -> int:
     for package in ("agent", "hardware"):
         compileall.compile_dir(ROOT / package, quiet=1)
     workdir = Path(tempfile.mkdtemp(prefix="tacet-bench-"))
-    agent, hello = AgentTarget("tacet-agent", workdir), HelloTarget("bare aiohttp TLS", workdir)
-    targets = (agent, hello)  # the agent first: it creates the certificate both use
+    agent = AgentTarget("tacet-agent", workdir)
+    hello = HelloTarget("bare aiohttp TLS", workdir)
+    lazy = HelloTarget("bare, lazy trust", workdir, "--lazy-trust")
+    targets = (agent, hello, lazy)  # the agent first: it creates the certificate all use
     rows: dict[str, dict[str, str]] = {t.name: {} for t in targets}
     for target in targets:
         starts = []
@@ -230,9 +237,12 @@ def main() -> int:
         target.stop()
     keys = list(rows[agent.name])
     width = max(len(k) for k in keys)
-    print(f"{'':<{width}}  {'tacet-agent':>12}  {'bare app':>10}")
+    print(f"{'':<{width}}  {'tacet-agent':>12}  {'bare app':>10}  {'bare+lazy':>10}")
     for key in keys:
-        print(f"{key:<{width}}  {rows[agent.name][key]:>12}  {rows[hello.name].get(key, '-'):>10}")
+        print(
+            f"{key:<{width}}  {rows[agent.name][key]:>12}  {rows[hello.name].get(key, '-'):>10}"
+            f"  {rows[lazy.name].get(key, '-'):>10}"
+        )
     rps_key = "/v1/status req/s, median of rounds (50 conns)"
     ratio = float(rows[agent.name][rps_key]) / float(rows[hello.name][rps_key])
     rounds = ", ".join(

@@ -33,10 +33,12 @@ from image.checksum import (
     expected_checksum,
     parse_checksum_file,
 )
+from image.pipeline import Stage
 
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
+BLOCK = 8 << 20
 MAX_REDIRECTS = 5
 MAX_CHECKSUM_FILE = 1 << 20
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -47,7 +49,7 @@ class DownloadError(ImageError):
 
 
 class Sink(Protocol):
-    async def write(self, chunk: bytes) -> None: ...
+    async def write(self, chunk: bytes | bytearray) -> None: ...
 
     async def reset(self) -> None: ...
 
@@ -175,7 +177,8 @@ class _Fetcher:
         for _hop in range(MAX_REDIRECTS + 1):
             _check_url(current, self.prefixes)
             same_origin = URL(current).origin() == origin
-            headers = dict(extra)
+            # The checksum is over the image's bytes as stored: no transfer compression.
+            headers = {"Accept-Encoding": "identity", **extra}
             if same_origin:
                 headers.update(self.headers)
             try:
@@ -198,6 +201,10 @@ class _Fetcher:
             if response.status >= 300:
                 response.release()
                 raise _NextURL(f"HTTP {response.status} {response.reason}")
+            encoding = response.headers.get("Content-Encoding", "identity").lower()
+            if encoding != "identity":
+                response.release()
+                raise _NextURL(f"answered with Content-Encoding {encoding} despite identity")
             return response
         raise _NextURL(f"more than {MAX_REDIRECTS} redirects")
 
@@ -205,6 +212,10 @@ class _Fetcher:
         await asyncio.sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
 
     async def fetch_text(self, url: str, limit: int = MAX_CHECKSUM_FILE) -> str:
+        body = await self.fetch_bytes(url, limit, "checksum file")
+        return body.decode("utf-8", errors="replace")
+
+    async def fetch_bytes(self, url: str, limit: int, what: str) -> bytes:
         attempt = 0
         while True:
             attempt += 1
@@ -222,8 +233,8 @@ class _Fetcher:
                 await self.sleep(attempt)
                 continue
             if len(body) > limit:
-                raise DownloadError(f"{url}: checksum file larger than {limit} bytes")
-            return body.decode("utf-8", errors="replace")
+                raise DownloadError(f"{url}: {what} larger than {limit} bytes")
+            return body
 
 
 def _describe(error: BaseException) -> str:
@@ -233,6 +244,28 @@ def _describe(error: BaseException) -> str:
         return str(error)
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+async def fetch_small(
+    url: str,
+    limit: int,
+    what: str,
+    *,
+    image_info: Mapping[str, Any] | None = None,
+    cafile: Path | str | None = None,
+    allowed_prefixes: Sequence[str] | None = None,
+    retries: int = 3,
+    backoff: float = 1.0,
+) -> bytes:
+    """A small file (a configdrive) with the image's TLS, proxy, auth and allowlist rules."""
+    _check_url(url, allowed_prefixes)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30.0, sock_read=60.0)
+    connector = aiohttp.TCPConnector(ssl=client_context(cafile=cafile))
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, trust_env=False, auto_decompress=False
+    ) as session:
+        fetcher = _Fetcher(session, image_info or {}, allowed_prefixes, retries, backoff, 30.0)
+        return await fetcher.fetch_bytes(url, limit, what)
 
 
 async def download(
@@ -270,7 +303,11 @@ async def download(
     )
     connector = aiohttp.TCPConnector(ssl=client_context(cafile=cafile))
     async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, trust_env=False, auto_decompress=False
+        connector=connector,
+        timeout=timeout,
+        trust_env=False,
+        auto_decompress=False,
+        read_bufsize=chunk_size,  # fewer, larger chunks for the hashing and writing threads
     ) as session:
         fetcher = _Fetcher(session, image_info, allowed_prefixes, retries, backoff, max_backoff)
         if isinstance(wanted, ChecksumURL):
@@ -280,44 +317,72 @@ async def download(
             )
         else:
             expected = wanted
-        verifier = Verifier(expected)
-        state = _State(sink, verifier, progress)
+        state = _State(sink, Verifier(expected), progress)
         failures: list[str] = []
-        for url in urls:
-            try:
-                await _download_one(fetcher, url, state, chunk_size)
-            except DownloadError as error:
-                failures.append(str(error))
-                log.warning("image download failed: %s", error)
-                continue
-            progress.finished = time.monotonic()
-            return verifier.finish()
+        try:
+            for url in urls:
+                try:
+                    await _download_one(fetcher, url, state, chunk_size)
+                except DownloadError as error:
+                    failures.append(str(error))
+                    log.warning("image download failed: %s", error)
+                    continue
+                progress.finished = time.monotonic()
+                return await state.finish()
+        finally:
+            state.close()
     raise DownloadError("image download failed from every URL: " + "; ".join(failures))
 
 
 class _State:
-    """Bytes accepted so far, shared by every URL of one download."""
+    """Bytes accepted so far, shared by every URL of one download.
 
-    def __init__(self, sink: Sink, verifier: Verifier, progress: Progress) -> None:
+    Network chunks (about half a MiB) are gathered into blocks of ``block`` bytes before
+    they go to the hashing thread and the sink: few, large hand-offs keep the threads
+    from queueing for the GIL after every chunk.
+    """
+
+    def __init__(
+        self, sink: Sink, verifier: Verifier, progress: Progress, block: int = BLOCK
+    ) -> None:
         self.sink = sink
         self.verifier = verifier
         self.progress = progress
-
-    @property
-    def offset(self) -> int:
-        return self.verifier.length
+        self.block = block
+        self.hasher = Stage(verifier.update, "hash")
+        self.pending = bytearray()
+        self.offset = 0
 
     async def restart(self) -> None:
+        await self.hasher.discard()
+        self.pending = bytearray()
         if self.offset:
             await self.sink.reset()
             self.progress.restarts += 1
         self.verifier.reset()
+        self.offset = 0
         self.progress.downloaded = 0
 
     async def accept(self, chunk: bytes) -> None:
-        self.verifier.update(chunk)
-        await self.sink.write(chunk)
-        self.progress.downloaded = self.verifier.length
+        self.pending += chunk
+        self.offset += len(chunk)
+        self.progress.downloaded = self.offset
+        if len(self.pending) >= self.block:
+            await self._hand_on()
+
+    async def _hand_on(self) -> None:
+        block, self.pending = self.pending, bytearray()  # never touched again here
+        await self.hasher.put(block)
+        await self.sink.write(block)
+
+    async def finish(self) -> str:
+        if self.pending:
+            await self._hand_on()
+        await self.hasher.drain()
+        return self.verifier.finish()
+
+    def close(self) -> None:
+        self.hasher.close()
 
 
 async def _download_one(fetcher: _Fetcher, url: str, state: _State, chunk_size: int) -> None:

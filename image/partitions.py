@@ -23,6 +23,8 @@ class Partition:
     number: int
     uuid: str  # GPT unique partition GUID, or "<disk id>-<nn>" for MBR (as blkid)
     is_esp: bool
+    first: int = 0  # first and last sector (inclusive)
+    last: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,12 +43,17 @@ def parse_partition_table(head: bytes, sector: int = SECTOR) -> PartitionTable |
         return _parse_gpt(head, sector)
     signature = struct.unpack_from("<I", head, 440)[0]
     disk_id = f"{signature:08x}"
-    partitions = tuple(
-        Partition(i + 1, f"{disk_id}-{i + 1:02x}", kind == ESP_MBR_TYPE)
-        for i, kind in enumerate(mbr_types)
-        if kind != 0
-    )
-    return PartitionTable("dos", disk_id, partitions)
+    partitions = []
+    for i, kind in enumerate(mbr_types):
+        if kind == 0:
+            continue
+        start, count = struct.unpack_from("<II", head, 446 + 16 * i + 8)
+        partitions.append(
+            Partition(
+                i + 1, f"{disk_id}-{i + 1:02x}", kind == ESP_MBR_TYPE, start, start + count - 1
+            )
+        )
+    return PartitionTable("dos", disk_id, tuple(partitions))
 
 
 def _parse_gpt(head: bytes, sector: int) -> PartitionTable | None:
@@ -73,7 +80,8 @@ def _parse_gpt(head: bytes, sector: int) -> PartitionTable | None:
         if type_guid.int == 0:
             continue
         unique = uuid.UUID(bytes_le=bytes(entry[16:32]))
-        partitions.append(Partition(index + 1, str(unique), type_guid == ESP_GPT_TYPE))
+        first, last = struct.unpack_from("<QQ", entry, 32)
+        partitions.append(Partition(index + 1, str(unique), type_guid == ESP_GPT_TYPE, first, last))
     return PartitionTable("gpt", str(disk_guid), tuple(partitions))
 
 

@@ -1,8 +1,9 @@
 """Clean and deploy steps: only those the agent really implements.
 
-Deploy: ``write_image`` (raw images so far, see ``image/provision.py``), which is how
-ironic deploys a whole-disk image through ``deploy.execute_deploy_step``. Clean: none
-yet.
+Deploy: ``write_image`` (see ``image/provision.py``), which is how ironic deploys a
+whole-disk image through ``deploy.execute_deploy_step``. Clean and deploy:
+``erase_devices_metadata`` and ``erase_devices`` (``image/erase.py``) with the
+priorities ironic-python-agent gives them, so ironic's automated cleaning runs them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,19 @@ MANAGER = "TacetHardwareManager"
 MANAGER_VERSION = "1.0"
 VERSIONS = {MANAGER: MANAGER_VERSION}
 
+
+def _erase_step(name: str, priority: int) -> dict[str, Any]:
+    return {
+        "step": name,
+        "priority": priority,
+        "interface": "deploy",
+        "reboot_requested": False,
+        "abortable": True,
+    }
+
+
+# ironic-python-agent's priorities: metadata first (99), then the whole disks (10).
+CLEAN_STEPS = [_erase_step("erase_devices_metadata", 99), _erase_step("erase_devices", 10)]
 DEPLOY_STEPS = [
     {
         "step": "write_image",
@@ -27,10 +41,16 @@ DEPLOY_STEPS = [
         "abortable": False,
         "argsinfo": {
             "image_info": {"description": "the image to write", "required": True},
-            "configdrive": {"description": "not supported yet", "required": False},
+            "configdrive": {
+                "description": "gzip+base64 ISO labelled config-2, or its URL",
+                "required": False,
+            },
         },
-    }
+    },
+    _erase_step("erase_devices_metadata", 0),
+    _erase_step("erase_devices", 0),
 ]
+ERASE_STEPS = {"erase_devices_metadata", "erase_devices"}
 
 
 class VersionMismatch(CommandError):
@@ -47,6 +67,23 @@ def register(agent: Agent) -> None:
 
         return get_steps
 
+    async def execute_clean_step(
+        step: dict[str, Any],
+        node: dict[str, Any] | None = None,
+        ports: list[Any] | None = None,
+        clean_version: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        if clean_version is not None and clean_version != VERSIONS:
+            raise VersionMismatch(
+                f"clean steps were planned for {clean_version}, this agent is {VERSIONS}"
+            )
+        name = step.get("step")
+        if name not in ERASE_STEPS or step.get("interface", "deploy") != "deploy":
+            raise InvalidCommandParamsError(f"unknown clean step {name!r}")
+        from image.erase_steps import run_erase_step
+
+        return {"clean_result": await run_erase_step(agent, name), "clean_step": step}
+
     async def execute_deploy_step(
         step: dict[str, Any],
         node: dict[str, Any] | None = None,
@@ -58,8 +95,14 @@ def register(agent: Agent) -> None:
                 f"deploy steps were planned for {deploy_version}, this agent is {VERSIONS}"
             )
         name = step.get("step")
-        if name != "write_image" or step.get("interface", "deploy") != "deploy":
+        if step.get("interface", "deploy") != "deploy" or (
+            name != "write_image" and name not in ERASE_STEPS
+        ):
             raise InvalidCommandParamsError(f"unknown deploy step {name!r}")
+        if name in ERASE_STEPS:
+            from image.erase_steps import run_erase_step
+
+            return {"deploy_result": await run_erase_step(agent, name), "deploy_step": step}
         args = step.get("args") or {}
         image_info = args.get("image_info")
         if not isinstance(image_info, dict):
@@ -73,8 +116,20 @@ def register(agent: Agent) -> None:
         return {"deploy_result": {"result": result}, "deploy_step": step}
 
     params = {"node": Param((dict,)), "ports": Param((list,))}
-    agent.registry.add("clean", "get_clean_steps", lister("clean", []), params=params)
+    agent.registry.add("clean", "get_clean_steps", lister("clean", CLEAN_STEPS), params=params)
     agent.registry.add("deploy", "get_deploy_steps", lister("deploy", DEPLOY_STEPS), params=params)
+    agent.registry.add(
+        "clean",
+        "execute_clean_step",
+        execute_clean_step,
+        is_async=True,
+        params={
+            "step": Param((dict,), required=True),
+            "node": Param((dict,)),
+            "ports": Param((list,)),
+            "clean_version": Param((dict,)),
+        },
+    )
     agent.registry.add(
         "deploy",
         "execute_deploy_step",

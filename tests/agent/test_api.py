@@ -179,12 +179,22 @@ async def test_steps_advertise_only_what_is_implemented(running):
     _, clean = await running.post(
         {"name": "clean.get_clean_steps", "params": {"node": {}, "ports": []}}
     )
-    assert clean["command_result"]["clean_steps"] == {"TacetHardwareManager": []}
+    cleaning = clean["command_result"]["clean_steps"]["TacetHardwareManager"]
+    assert [(s["step"], s["priority"]) for s in cleaning] == [
+        ("erase_devices_metadata", 99),
+        ("erase_devices", 10),
+    ]
+    assert "execute_clean_step" in running.agent.registry.commands["clean"]
     _, deploy = await running.post(
         {"name": "deploy.get_deploy_steps", "params": {"node": {}, "ports": []}}
     )
     steps = deploy["command_result"]["deploy_steps"]["TacetHardwareManager"]
-    assert [s["step"] for s in steps] == ["write_image"]
+    assert [s["step"] for s in steps] == [
+        "write_image",
+        "erase_devices_metadata",
+        "erase_devices",
+    ]
+    assert all(s["priority"] == 0 for s in steps)
     assert all({"step", "priority", "interface"} <= set(s) for s in steps)
     assert set(deploy["command_result"]["hardware_manager_version"]) == {"TacetHardwareManager"}
     assert "execute_deploy_step" in running.agent.registry.commands["deploy"]

@@ -10,6 +10,7 @@ import re
 import socket
 import ssl
 import stat
+import subprocess
 import threading
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from agent.tls import (
     client_context,
     fingerprint,
     generate_certificate,
+    lazy_system_trust,
     load_identity,
     server_context,
     write_private,
@@ -462,3 +464,102 @@ def test_spki_walk_matches_cryptography_for_several_certificates(tmp_path):
         spki_der(b"\x30\x82\xff\xff")
     with pytest.raises((ValueError, IndexError)):
         spki_der(b"\x04\x00")
+
+
+# -- lazy system trust ----------------------------------------------------------------
+
+
+def self_signed_ca(common_name: str) -> tuple[bytes, bytes]:
+    """A CA certificate that also serves 127.0.0.1 (PEM certificate, PEM key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - SLACK)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(LOOPBACK)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+@pytest.fixture
+def hashed_ca_dir(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
+    """A hashed CA directory holding one CA, and a server context presenting that CA."""
+    cert_pem, key_pem = self_signed_ca("Lazy Trust Test CA")
+    directory = tmp_path / "certs"
+    directory.mkdir()
+    (directory / "test-ca.pem").write_bytes(cert_pem)
+    subprocess.run(["openssl", "rehash", str(directory)], check=True)
+    (tmp_path / "server.pem").write_bytes(cert_pem)
+    (tmp_path / "server.key").write_bytes(key_pem)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    return directory, server
+
+
+def test_lazy_system_trust_still_verifies_through_the_directory(
+    hashed_ca_dir: tuple[Path, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory, server = hashed_ca_dir
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.setenv("SSL_CERT_DIR", str(directory))
+    with lazy_system_trust() as applied:
+        context = ssl.create_default_context()  # what aiohttp does at import
+    assert applied is True
+    assert "SSL_CERT_FILE" not in os.environ  # restored for contexts built later
+    assert context.cert_store_stats()["x509"] == 0  # nothing parsed up front
+    version, _, data = handshake(server, context)
+    assert data == b"ok" and version is not None
+    # The store is still a real one: another CA's certificate is refused.
+    other_pem, other_key = self_signed_ca("Lazy Trust Test CA")
+    other = Path(directory.parent / "other.pem")
+    other.write_bytes(other_pem)
+    (directory.parent / "other.key").write_bytes(other_key)
+    impostor = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    impostor.load_cert_chain(other, directory.parent / "other.key")
+    with pytest.raises(ssl.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
+        handshake(impostor, context)
+
+
+def test_lazy_system_trust_leaves_an_operator_bundle_alone(tmp_path: Path) -> None:
+    environ = {"SSL_CERT_FILE": str(tmp_path / "bundle.pem")}
+    with lazy_system_trust(environ) as applied:
+        assert environ == {"SSL_CERT_FILE": str(tmp_path / "bundle.pem")}
+    assert applied is False
+    assert environ == {"SSL_CERT_FILE": str(tmp_path / "bundle.pem")}
+
+
+def test_lazy_system_trust_applies_when_the_variable_names_the_system_bundle(
+    hashed_ca_dir: tuple[Path, ssl.SSLContext],
+) -> None:
+    directory, _ = hashed_ca_dir
+    system_bundle = ssl.get_default_verify_paths().openssl_cafile
+    environ = {"SSL_CERT_FILE": system_bundle, "SSL_CERT_DIR": str(directory)}
+    with lazy_system_trust(environ) as applied:
+        assert environ["SSL_CERT_FILE"] == os.devnull
+    assert applied is True
+    assert environ == {"SSL_CERT_FILE": system_bundle, "SSL_CERT_DIR": str(directory)}
+
+
+def test_lazy_system_trust_needs_a_hashed_directory(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not hashed")
+    environ = {"SSL_CERT_DIR": str(tmp_path)}
+    with lazy_system_trust(environ) as applied:
+        assert "SSL_CERT_FILE" not in environ
+    assert applied is False
+    environ = {"SSL_CERT_DIR": str(tmp_path / "missing")}
+    with lazy_system_trust(environ) as applied:
+        pass
+    assert applied is False

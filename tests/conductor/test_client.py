@@ -87,10 +87,12 @@ async def test_ca_mode_status_inventory_and_node_info(ca_node, test_pki):
         assert (await client.get_node_info())["node"]["uuid"] == "u-1"
         assert (await client.status()).node_uuid == "u-1"
         clean = await client.get_clean_steps()
-        assert clean["clean_steps"] == {"TacetHardwareManager": []}
+        names = {s["step"] for s in clean["clean_steps"]["TacetHardwareManager"]}
+        assert "erase_devices_metadata" in names
+        assert clean["hardware_manager_version"] == {"TacetHardwareManager": "1.0"}
         deploy = await client.get_deploy_steps()
         steps = deploy["deploy_steps"]["TacetHardwareManager"]
-        assert [s["step"] for s in steps] == ["write_image"]
+        assert "write_image" in [s["step"] for s in steps]
         history = await client.list_commands()
         assert [r.command_name for r in history][:2] == ["get_hardware_info", "get_hardware_info"]
         one = await client.get_command(history[0].id)
@@ -140,18 +142,23 @@ async def test_failed_command_carries_the_agents_error(ca_node, test_pki, image_
         assert failed.value.exit_code == 1
 
 
-async def test_erase_devices_metadata_refusal_is_reported(ca_node, test_pki):
-    """This branch's agent has no clean.execute_clean_step: the refusal comes back typed."""
+async def test_erase_devices_metadata(ca_node, test_pki, image_server):
     async with ca_client(ca_node, test_pki) as client:
-        names = set(ca_node.agent.registry.commands.get("clean", {}))
-        if "execute_clean_step" in names:
-            result = await client.erase_devices_metadata()
-            assert (await client.wait(result, interval=0.05)).status == "SUCCEEDED"
-        else:
-            with pytest.raises(Rejected) as rejected:
-                await client.erase_devices_metadata()
-            assert rejected.value.status == 400
-            assert "execute_clean_step" in str(rejected.value)
+        await client.wait(await client.write_image(image_server.info()), interval=0.05)
+        result = await client.erase_devices_metadata()
+        done = await client.wait(result, interval=0.05)
+        assert done.command_result["clean_result"]["erased"] == {str(ca_node.disk): "metadata"}
+        # an unknown step is the agent's refusal, reported with its error
+        bogus = await client.run(
+            "clean.execute_clean_step", {"step": {"step": "nope", "interface": "deploy"}}
+        )
+        with pytest.raises(CommandFailed) as refused:
+            await client.wait(bogus, interval=0.05)
+        assert refused.value.command_error["code"] == 400
+        assert "unknown clean step" in refused.value.command_error["message"]
+    with open(ca_node.disk, "rb") as handle:
+        head = handle.read(len(IMAGE))
+    assert head != IMAGE and b"EFI PART" not in head[:8192]  # the partition table is gone
 
 
 async def test_rejected_requests(ca_node, test_pki):

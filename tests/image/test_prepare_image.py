@@ -127,10 +127,11 @@ async def test_checksum_mismatch_fails_and_wipes_both_ends(node, image_server):
         assert handle.read() == bytes(1024 * 1024)
 
 
-async def test_unsupported_format_and_configdrive_are_refused(node, image_server):
+async def test_mislabelled_format_and_bad_configdrive_are_refused(node, image_server):
     info = image_info(image_server, hashlib.sha256(IMAGE).hexdigest())
     for params in (
-        {"image_info": {**info, "disk_format": "qcow2"}},
+        {"image_info": {**info, "disk_format": "qcow2"}},  # the bytes are raw
+        {"image_info": {**info, "disk_format": "vmdk"}},  # not permitted
         {"image_info": info, "configdrive": "H4sI"},
     ):
         _, result = await node.post({"name": "standby.prepare_image", "params": params}, wait=True)
@@ -199,7 +200,7 @@ async def test_deploy_step_errors(node, image_server):
     _, result = await node.post(
         {
             "name": "deploy.execute_deploy_step",
-            "params": {"step": {"step": "erase_devices", "interface": "deploy"}},
+            "params": {"step": {"step": "frobnicate", "interface": "deploy"}},
         },
         wait=True,
     )
