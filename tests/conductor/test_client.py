@@ -371,6 +371,7 @@ async def test_resuming_context_offers_the_last_session(test_pki):
     port = server.sockets[0].getsockname()[1]
     context = conductor_context(cafile=test_pki.ca_pem)
     reused = []
+    held = None
     try:
         for _ in range(2):
             reader, writer = await asyncio.open_connection(
@@ -378,6 +379,7 @@ async def test_resuming_context_offers_the_last_session(test_pki):
             )
             assert await reader.readexactly(5) == b"hello"  # TLS 1.3 tickets arrived by now
             reused.append(writer.get_extra_info("ssl_object").session_reused)
+            held = held if reused[-1] else context._sessions["127.0.0.1"]
             writer.close()
             await writer.wait_closed()
     finally:
@@ -385,6 +387,8 @@ async def test_resuming_context_offers_the_last_session(test_pki):
         await server.wait_closed()
     assert reused == [False, True]
     assert context.sessions_known() == 1
+    # a resumed connection keeps the session held (re-reading it leaked memory)
+    assert context._sessions["127.0.0.1"] is held
     assert (context.handshakes, context.resumed) == (2, 1)
 
 
