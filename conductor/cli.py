@@ -350,6 +350,7 @@ def _hint_value(text: str) -> Any:
 
 async def _deploy_work(client: AgentClient, args: argparse.Namespace) -> None:
     from .fleet import image_spec
+    from .progress import interactive
 
     try:
         image = image_spec(args.image, args.checksum)
@@ -367,7 +368,13 @@ async def _deploy_work(client: AgentClient, args: argparse.Namespace) -> None:
     started = time.monotonic()
     result = await client.write_image(info, node)
     print(f"{client.address}: writing {image.url} ({result.id})", file=sys.stderr)
-    done = await client.wait(result, interval=args.interval)
+    if interactive():
+        from rich.console import Console
+
+        with Console(stderr=True).status(f"writing {image.url} to {client.address}"):
+            done = await client.wait(result, interval=args.interval)
+    else:
+        done = await client.wait(result, interval=args.interval)
     elapsed = time.monotonic() - started
     print(((done.command_result or {}).get("deploy_result") or {}).get("result", "written"))
     uuids = await client.get_partition_uuids()

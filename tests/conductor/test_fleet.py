@@ -281,3 +281,30 @@ async def test_progress_bars_on_a_terminal(ca_nodes, test_pki, tmp_path):
     assert nodes["shown"]["state"] == "done"
     text = screen.getvalue()
     assert "shown: done" in text and "fleet (1 done)" in text
+
+
+async def test_trust_on_first_use_is_pinned_on_resume(start_node, tmp_path):
+    first = await start_node("first", inventory=NodeInventory(tmp_path / "d", mac(1), "S"))
+    port = first.server.port
+    entry = {"name": "n", "address": first.address, "macs": [mac(2)], "token": TOKEN}
+    data = {
+        "wait_interval": 0.1,
+        "wait_deadline": 1.0,
+        "retries": 0,
+        "defaults": {"trust_on_first_use": True},
+        "nodes": [entry],
+    }
+    fleet = parse_fleet(data, tmp_path)
+    results = tmp_path / "r.json"
+    nodes = await provision(fleet, results)
+    assert nodes["n"]["state"] == "failed"  # wrong MAC; the certificate was recorded
+    assert nodes["n"]["fingerprint"] == first.agent.identity.fingerprint
+    await first.server.stop()
+    # another machine (another certificate) answers at the same address
+    impostor = await start_node("impostor", listen_port=port)
+    assert impostor.agent.identity.fingerprint != first.agent.identity.fingerprint
+    nodes = await provision(fleet, results, resume=True)
+    assert nodes["n"]["state"] == "failed"
+    assert "does not match the pin" in nodes["n"]["reason"]
+    assert impostor.agent.guard.summary().get("token", 0) == 0
+    assert impostor.agent.executor.history() == []
