@@ -314,7 +314,9 @@ async def test_active_mode_lookup_heartbeat_and_token(
         insecure_first.check_hostname = False
         insecure_first.verify_mode = ssl.CERT_NONE
         try:
-            booted = boot(vm, lambda port: AgentClient(port, insecure_first))
+            booted = await asyncio.get_running_loop().run_in_executor(
+                None, boot, vm, lambda port: AgentClient(port, insecure_first)
+            )
             deadline = time.monotonic() + 120
             while not fake.heartbeats and time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
