@@ -309,7 +309,9 @@ class AgentClient:
 
     def session(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self.context, force_close=True),
+            # Keep-alive: the TLS session stays open until the session closes, so the
+            # peer certificate can be read from the very connection that answered.
+            connector=aiohttp.TCPConnector(ssl=self.context),
             timeout=aiohttp.ClientTimeout(total=120, sock_connect=5),
         )
 
