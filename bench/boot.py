@@ -42,8 +42,8 @@ async def write_image(client: AgentClient, url: str, sha256: str) -> float:
         "os_hash_algo": "sha256",
         "os_hash_value": sha256,
     }
-    status, result = await client.command("standby.prepare_image", {"image_info": info})
     started = time.monotonic()
+    status, result = await client.command("standby.prepare_image", {"image_info": info})
     if status != 200:
         raise SystemExit(f"prepare_image: HTTP {status}: {result}")
     if result["command_status"] == "RUNNING":
