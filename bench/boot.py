@@ -83,7 +83,9 @@ def main() -> None:
             for n in range(args.boots):
                 vm_dir = work / f"boot{n}"
                 vm_dir.mkdir()
-                vm = VM(vm_dir, ramdisk, Shape("virtio"), secrets=bundle.cpio())
+                # 8 GiB (sparse): with no root-device hint the agent, like IPA, wants >= 4 GiB.
+                shape = Shape("virtio", disk_bytes=8 * 1024**3)
+                vm = VM(vm_dir, ramdisk, shape, secrets=bundle.cpio())
                 vm.guestfwds[(IMAGE_HOST, 80)] = server.port
                 vm.start()
                 try:
