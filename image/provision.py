@@ -182,7 +182,7 @@ class ImageJob:
     def status(self) -> dict[str, Any]:
         written = self.converted
         if not written and self.sink is not None and self.sink.kind != "as-is":
-            written = self.sink.written
+            written = self.sink.writer.written  # handed to the disk, not buffered
         return {
             "stage": self.stage,
             "device": self.device,

@@ -1,0 +1,415 @@
+"""The ramdisk, PXE-booted in QEMU, provisioned over its one TLS port (issue 7).
+
+Each guest boots through iPXE from QEMU's option ROM with DHCP and TFTP from QEMU's
+user networking (``restrict=on``); the agent's port is forwarded to 127.0.0.1 only.
+The figures (boot to first answer, image write) are printed as ``e2e figure:`` lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from agent.tls import client_context
+from conductor import pki
+from tests.agent.test_active import LOOKUP_TOKEN, NODE_UUID, FakeIronic
+
+from .conftest import NODE
+from .harness import (
+    AGENT_PORT,
+    GUEST_IP,
+    IMAGE_HOST,
+    IRONIC_HOST,
+    IRONIC_PORT,
+    VM,
+    AgentClient,
+    BackgroundApp,
+    DiskImage,
+    HarnessError,
+    ImageServer,
+    Ramdisk,
+    Shape,
+    binding_ok,
+    build_image,
+    fingerprint,
+    free_port,
+    guest_flows,
+    mbr_partitions,
+    read_file_from_ext4,
+    report,
+    wait_for_agent,
+)
+
+pytestmark = pytest.mark.e2e
+
+VIRTIO = Shape("virtio")
+# Ports probed through forwards to the guest: well-known service ports and the
+# neighbours of the agent's. Only the agent's may answer.
+PROBED_PORTS = (
+    21,
+    22,
+    23,
+    25,
+    53,
+    80,
+    111,
+    135,
+    139,
+    443,
+    445,
+    623,
+    2049,
+    3260,
+    5353,
+    5355,
+    8080,
+    8443,
+    9998,
+    10000,
+    AGENT_PORT,
+)
+
+
+def mtls_context(pki_dir: Path, client: str = "conductor", ca: str = "ca") -> ssl.SSLContext:
+    """Verify the agent against our CA and present a client certificate from ``ca``."""
+    context = client_context(cafile=pki_dir / "ca" / "ca.pem")
+    clients = pki_dir / ca / "clients"
+    context.load_cert_chain(clients / f"{client}.pem", clients / f"{client}-key.pem")
+    return context
+
+
+@dataclass
+class Booted:
+    vm: VM
+    client: AgentClient
+    seconds_to_answer: float
+
+
+def boot(vm: VM, client_for: Any) -> Booted:
+    """Start the guest and wait for the agent; the guest is stopped if that fails."""
+    vm.start()
+    try:
+        client = client_for(vm.host_port)
+        seconds = asyncio.run(wait_for_agent(vm, client))
+    except BaseException:
+        vm.stop()
+        raise
+    report(f"{vm.shape.name}: QEMU start -> first TLS answer", f"{seconds:.1f} s")
+    return Booted(vm, client, seconds)
+
+
+# --- scenario 1 and 3: passive provisioning, and the edge ----------------------------
+
+
+@dataclass
+class Passive(Booted):
+    image: DiskImage
+    images: ImageServer
+    token: str
+
+
+@pytest.fixture(scope="module")
+def passive(
+    ramdisk: Ramdisk,
+    pki_dir: Path,
+    bundle: pki.NodeBundle,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Passive]:
+    workdir = tmp_path_factory.mktemp("passive")
+    image = build_image(workdir)
+    images = ImageServer({"image.raw": image.path})
+    with BackgroundApp(images.app) as server:
+        vm = VM(workdir, ramdisk, VIRTIO, secrets=bundle.cpio())
+        vm.guestfwds[(IMAGE_HOST, 80)] = server.port
+        vm.extra_hostfwds = {p: free_port() for p in PROBED_PORTS if p != AGENT_PORT}
+        booted = boot(
+            vm, lambda port: AgentClient(port, mtls_context(pki_dir), server_hostname=NODE)
+        )
+        try:
+            yield Passive(vm, booted.client, booted.seconds_to_answer, image, images, bundle.token)
+        finally:
+            vm.stop()
+
+
+async def test_passive_agent_identity_and_binding(passive: Passive, bundle: pki.NodeBundle):
+    status, body, der = await passive.client.get("/v1/status")
+    assert status == 200
+    # The agent serves the per-node certificate from the appended initrd ...
+    assert fingerprint(der) == bundle.fingerprint
+    # ... announces it on the serial console, in passive mode ...
+    banner = passive.vm.banner()
+    assert banner is not None, passive.vm.tail()
+    assert banner["mode"] == "passive"
+    assert banner["fingerprint"] == bundle.fingerprint
+    # ... and proves it holds the token with that certificate's key.
+    assert binding_ok(body["binding"], der, bundle.token)
+    assert not binding_ok(body["binding"], der, bundle.token + "x")
+
+
+async def test_edge_refuses_strangers_and_keeps_serving(passive: Passive, pki_dir: Path):
+    client = passive.client
+    # No client certificate: the handshake itself is refused.
+    anonymous = AgentClient(
+        client.port, client_context(cafile=pki_dir / "ca" / "ca.pem"), server_hostname=NODE
+    )
+    with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+        await anonymous.command("poll.get_hardware_info")
+    # A certificate from another CA: refused too.
+    intruder = AgentClient(
+        client.port, mtls_context(pki_dir, "intruder", "other-ca"), server_hostname=NODE
+    )
+    with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+        await intruder.command("poll.get_hardware_info")
+    # The agent is not someone else's: our CA with another name does not verify.
+    wrong_name = AgentClient(client.port, mtls_context(pki_dir), server_hostname="other-node")
+    with pytest.raises(aiohttp.ClientConnectorCertificateError):
+        await wrong_name.get("/v1/status")
+    # And the agent keeps serving the conductor (after any hold-off for the refusals).
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            status, body = await client.command("standby.sync")
+        except (aiohttp.ClientError, ssl.SSLError, ConnectionError):
+            status, body = 0, None
+        if status == 200 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(2)
+    assert status == 200 and body["command_status"] == "SUCCEEDED", body
+
+
+def probe(port: int, wait: float = 3.0) -> bool:
+    """True when something in the guest accepted the forwarded connection.
+
+    QEMU accepts on the host side first and closes at once when the guest refuses."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.settimeout(wait)
+        try:
+            return sock.recv(1) != b""
+        except TimeoutError:
+            return True  # held open: a listener in the guest is waiting for us
+        except ConnectionError:
+            return False
+
+
+def test_only_the_agent_port_is_open(passive: Passive):
+    """The guest has forwards for many ports: only the agent's accepts a connection."""
+    ports = {**passive.vm.extra_hostfwds, AGENT_PORT: passive.vm.host_port}
+    open_ports = sorted(guest for guest, host in ports.items() if probe(host))
+    assert open_ports == [AGENT_PORT]
+    # Every forward listens on loopback only.
+    command = (passive.vm.workdir / "qemu-command.txt").read_text()
+    assert command.count("hostfwd=") == command.count("hostfwd=tcp:127.0.0.1:") == len(ports)
+    # ... and the agent still serves after being probed.
+    status, body, _ = await_status(passive)
+    assert status == 200, body
+
+
+def await_status(passive: Passive) -> tuple[int, Any, bytes]:
+    return asyncio.run(passive.client.get("/v1/status"))
+
+
+async def test_passive_provisioning(passive: Passive, tmp_path: Path):
+    client, vm, image = passive.client, passive.vm, passive.image
+    # Inventory: the hardware this harness gave the VM.
+    status, result = await client.command("poll.get_hardware_info")
+    assert status == 200 and result["command_status"] == "SUCCEEDED", result
+    inventory = result["command_result"]
+    assert VIRTIO.mac in [i["mac_address"] for i in inventory["interfaces"]]
+    disks = {d["serial"]: d for d in inventory["disks"]}
+    assert VIRTIO.disk_serial in disks, inventory["disks"]
+    assert disks[VIRTIO.disk_serial]["size"] == VIRTIO.disk_bytes
+    assert inventory["system_vendor"]["serial_number"] == VIRTIO.system_serial
+    assert inventory["system_vendor"]["uuid"] == VIRTIO.uuid
+    # The lookup data a conductor hands over in passive mode.
+    node_info = {
+        "node": {
+            "uuid": "e2e00000-0000-4000-8000-000000000001",
+            "properties": {"root_device": {"serial": VIRTIO.disk_serial}},
+            "instance_info": {},
+        },
+        "config": {},
+    }
+    status, result = await client.command("poll.set_node_info", {"node_info": node_info})
+    assert status == 200 and result["command_status"] == "SUCCEEDED", result
+    # Write the image, downloaded from the host through guestfwd.
+    image_info = {
+        "id": "e2e-image",
+        "urls": [f"http://{IMAGE_HOST}/image.raw"],
+        "disk_format": "raw",
+        "os_hash_algo": "sha256",
+        "os_hash_value": image.sha256,
+    }
+    started = time.monotonic()
+    status, result = await client.command("standby.prepare_image", {"image_info": image_info})
+    assert status == 200, result
+    if result["command_status"] == "RUNNING":
+        result = await client.wait_command(result["id"], 600)
+    seconds = time.monotonic() - started
+    assert result["command_status"] == "SUCCEEDED", result
+    size = image.path.stat().st_size
+    report(
+        "image write (64 MiB raw, guestfwd HTTP)",
+        f"{seconds:.1f} s, {size / seconds / 1024 / 1024:.1f} MiB/s",
+    )
+    assert passive.images.requests and all(
+        r == ("GET", "/image.raw") for r in passive.images.requests
+    ), passive.images.requests
+    status, result = await client.command("standby.get_partition_uuids")
+    assert status == 200 and result["command_status"] == "SUCCEEDED", result
+    uuids = result["command_result"]
+    assert uuids["root uuid"], uuids
+    # Power off: QEMU exits (-no-reboot) once the guest is down.
+    status, result = await client.command("standby.power_off")
+    assert status == 200, result
+    vm.wait_exit(120)
+    # The disk now holds the image: the partition and the file written into it.
+    head = vm.disk.read_bytes()[:512] if vm.disk.stat().st_size < 4096 else _head(vm.disk)
+    parts = mbr_partitions(head)
+    assert parts == [(0x83, image.partition_start // 512, image.partition_bytes // 512)], parts
+    text = read_file_from_ext4(
+        vm.disk, image.partition_start, image.partition_bytes, image.marker_name, tmp_path
+    )
+    assert text == image.marker_text
+    # The guest opened no connection except the image download (DHCP aside).
+    flows = guest_flows(vm.pcap, VIRTIO.mac)
+    tcp = {(f.dst, f.dport) for f in flows if f.proto == "tcp"}
+    udp = {(f.dst, f.dport) for f in flows if f.proto == "udp"}
+    assert tcp == {(IMAGE_HOST, 80)}, tcp
+    # DHCP (iPXE, then systemd-networkd; DHCPv6 to its multicast group) and iPXE's TFTP.
+    allowed_udp = {("255.255.255.255", 67), ("10.0.2.2", 67), ("10.0.2.2", 69), ("ff02::1:2", 547)}
+    assert udp <= allowed_udp, udp
+    console = vm.console_text()
+    assert "lookup:" not in console and "heartbeat:" not in console
+
+
+def _head(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.read(512)
+
+
+# --- scenario 2: active mode against a fake ironic ------------------------------------
+
+
+async def test_active_mode_lookup_heartbeat_and_token(
+    ramdisk: Ramdisk, tmp_path_factory: pytest.TempPathFactory
+):
+    workdir = tmp_path_factory.mktemp("active")
+    fake = FakeIronic()
+    with BackgroundApp(fake.app) as ironic:
+        vm = VM(
+            workdir, ramdisk, VIRTIO, kernel_args=f"ipa-api-url=http://{IRONIC_HOST}:{IRONIC_PORT}"
+        )
+        vm.guestfwds[(IRONIC_HOST, IRONIC_PORT)] = ironic.port
+        # No per-node initrd: the agent's own certificate, checked against the heartbeat's.
+        insecure_first = ssl.create_default_context()
+        insecure_first.check_hostname = False
+        insecure_first.verify_mode = ssl.CERT_NONE
+        try:
+            booted = await asyncio.get_running_loop().run_in_executor(
+                None, boot, vm, lambda port: AgentClient(port, insecure_first)
+            )
+            deadline = time.monotonic() + 120
+            while not fake.heartbeats and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+            assert fake.heartbeats, f"no heartbeat; console tail:\n{vm.tail()}"
+            lookup = fake.lookups[0]
+            assert VIRTIO.mac in lookup.query["addresses"].split(",")
+            beat = fake.heartbeats[0]
+            assert beat["callback_url"] == f"https://{GUEST_IP}:{AGENT_PORT}"
+            assert beat["agent_token"] == LOOKUP_TOKEN
+            # From now on, trust exactly the certificate the heartbeat carried (ironic's way).
+            pinned = client_context(cadata=beat["agent_verify_ca"])
+            pinned.check_hostname = False
+            agent = AgentClient(booted.client.port, pinned)
+            status, body, _ = await agent.get("/v1/status")
+            assert status == 200 and body["mode"] == "active"
+            assert body["node_uuid"] == NODE_UUID
+            # A wrong token is refused; the lookup's token works (after any hold-off).
+            agent.token = "not-the-token"
+            status, _ = await agent.command("standby.sync")
+            assert status == 401
+            agent.token = LOOKUP_TOKEN
+            deadline = time.monotonic() + 60
+            while True:
+                status, result = await agent.command("standby.sync")
+                if status != 429 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(2)
+            assert status == 200 and result["command_status"] == "SUCCEEDED", result
+        finally:
+            vm.stop()
+    assert "mode=active" in vm.console_text()
+
+
+# --- scenario 4: other hardware shapes -----------------------------------------------
+
+SHAPES = [
+    Shape(
+        "e1000-ahci",
+        nic="e1000",
+        mac="52:54:00:7a:e2:11",
+        disk="ahci",
+        disk_serial="TCE2ESATA01",
+        system_serial="SYS-E2E-SATA",
+        uuid="7ac0e2e0-7ac0-4ac0-8ac0-7ac0000000e2",
+    ),
+    Shape(
+        "nvme",
+        machine="q35",
+        mac="52:54:00:7a:e2:21",
+        disk="nvme",
+        disk_serial="TCE2ENVME01",
+        system_serial="SYS-E2E-NVME",
+        uuid="7ac0e2e0-7ac0-4ac0-8ac0-7ac0000000e3",
+    ),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[s.name for s in SHAPES])
+async def test_hardware_shapes(
+    shape: Shape,
+    ramdisk: Ramdisk,
+    pki_dir: Path,
+    bundle: pki.NodeBundle,
+    tmp_path_factory: pytest.TempPathFactory,
+):
+    workdir = tmp_path_factory.mktemp(shape.name)
+    vm = VM(workdir, ramdisk, shape, secrets=bundle.cpio())
+    try:
+        booted = await asyncio.get_running_loop().run_in_executor(
+            None,
+            boot,
+            vm,
+            lambda port: AgentClient(port, mtls_context(pki_dir), server_hostname=NODE),
+        )
+        status, result = await booted.client.command("poll.get_hardware_info")
+    finally:
+        vm.stop()
+    assert status == 200 and result["command_status"] == "SUCCEEDED", result
+    inventory = result["command_result"]
+    nics = {i["mac_address"]: i for i in inventory["interfaces"]}
+    assert shape.mac in nics, inventory["interfaces"]
+    disks = {d["serial"]: d for d in inventory["disks"]}
+    assert shape.disk_serial in disks, inventory["disks"]
+    disk = disks[shape.disk_serial]
+    assert disk["size"] == shape.disk_bytes
+    expected_name = "/dev/nvme0n1" if shape.disk == "nvme" else "/dev/sda"
+    assert disk["name"] == expected_name
+    assert inventory["system_vendor"]["serial_number"] == shape.system_serial
+    expected_driver = {"e1000": "e1000", "virtio-net-pci": "virtio_net"}[shape.nic]
+    assert nics[shape.mac].get("driver") == expected_driver
+
+
+def test_harness_fails_loudly_without_a_ramdisk(monkeypatch, tmp_path):
+    monkeypatch.setenv("TACET_RAMDISK", str(tmp_path / "missing"))
+    with pytest.raises(HarnessError, match="build the ramdisk first"):
+        Ramdisk.locate()
