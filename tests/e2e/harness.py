@@ -263,10 +263,19 @@ BANNER = re.compile(
 # --- talking TLS to the agent --------------------------------------------------------
 
 
-def peer_der(response: aiohttp.ClientResponse) -> bytes:
-    assert response.connection is not None and response.connection.transport is not None
-    ssl_object = response.connection.transport.get_extra_info("ssl_object")
-    der: bytes = ssl_object.getpeercert(binary_form=True)
+async def peer_der(port: int, context: ssl.SSLContext, server_hostname: str | None) -> bytes:
+    """The agent's certificate, from a handshake of its own with the same context.
+
+    aiohttp may release a connection as soon as a small body has arrived, before the
+    caller can look at it, so the certificate is not read from the request's connection.
+    """
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname=server_hostname or "127.0.0.1"
+    )
+    try:
+        der: bytes = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.close()
     return der
 
 
@@ -309,8 +318,6 @@ class AgentClient:
 
     def session(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(
-            # Keep-alive: the TLS session stays open until the session closes, so the
-            # peer certificate can be read from the very connection that answered.
             connector=aiohttp.TCPConnector(ssl=self.context),
             timeout=aiohttp.ClientTimeout(total=120, sock_connect=5),
         )
@@ -325,8 +332,8 @@ class AgentClient:
                 self.base + path, headers=self._headers(), server_hostname=self.server_hostname
             ) as response,
         ):
-            der = peer_der(response)  # before the body: reading it releases the connection
-            return response.status, await response.json(), der
+            status, body = response.status, await response.json()
+        return status, body, await peer_der(self.port, self.context, self.server_hostname)
 
     async def command(self, name: str, params: dict[str, Any] | None = None) -> tuple[int, Any]:
         async with (
