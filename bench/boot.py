@@ -1,6 +1,6 @@
 """Ramdisk figures: size, build time, QEMU start -> first TLS answer, image write rate.
 
-    python -m bench.boot [--boots N] [--image-mib M]
+    python -m bench.boot [--boots N] [--image-mib M] [--boot-over http|tftp] [--kernel-args A]
 
 Boots the ramdisk built by tools/build-ramdisk (or TACET_RAMDISK=/path/name) in QEMU
 (TCG) over iPXE exactly as tests/e2e does, N times, and writes one raw image of M MiB
@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from agent.tls import client_context
-from conductor import pki
+from conductor import cpio, pki
 from tests.e2e.harness import (
     IMAGE_HOST,
     VM,
@@ -56,7 +59,15 @@ async def write_image(client: AgentClient, url: str, sha256: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--boots", type=int, default=2)
-    parser.add_argument("--image-mib", type=int, default=256)
+    parser.add_argument("--image-mib", type=int, default=256, help="0: no image write")
+    parser.add_argument("--boot-over", choices=("http", "tftp"), default="http")
+    parser.add_argument("--kernel-args", default="", help="appended to the kernel command line")
+    parser.add_argument(
+        "--modules-load",
+        default="",
+        help="experiment: modules for /etc/modules-load.d, added to the node initrd (so"
+        " systemd-modules-load loads them before udev's coldplug does)",
+    )
     args = parser.parse_args()
     ramdisk = Ramdisk.locate()
     mib = 1024 * 1024
@@ -68,16 +79,33 @@ def main() -> None:
         print(f"unpacked:  {ramdisk.build['initramfs_unpacked_bytes'] / mib:6.0f} MiB")
     if "build_seconds" in ramdisk.build:
         print(f"build:     {ramdisk.build['build_seconds']:6.0f} s (disk-image-create)")
-    with tempfile.TemporaryDirectory(prefix="tacet-bench-boot-") as tmp:
+    # TACET_BENCH_KEEP=1 keeps the work directory (consoles, pcaps) for a look afterwards.
+    keep = bool(os.environ.get("TACET_BENCH_KEEP"))
+    tmp = tempfile.mkdtemp(prefix="tacet-bench-boot-")
+    with contextlib.ExitStack() as cleanup:
+        if not keep:
+            cleanup.callback(shutil.rmtree, tmp)
         work = Path(tmp)
         pki.init_ca(work / "ca")
         client_cert = pki.issue_client(work / "ca", "conductor")
         bundle = pki.node_bundle(work / "ca", NODE)
         context = client_context(cafile=work / "ca" / "ca.pem")
         context.load_cert_chain(client_cert.cert_path, client_cert.key_path)
-        image = build_image(work, size_mib=args.image_mib)
+        image = build_image(work, size_mib=max(args.image_mib, 8))
         answers: list[float] = []
+        from_ipxe: list[float] = []
+        to_kernel: list[float] = []
         rates: list[float] = []
+        secrets = bundle.cpio()
+        if args.modules_load:
+            conf = "\n".join(args.modules_load.split()) + "\n"
+            secrets += cpio.pack(
+                [
+                    cpio.directory("etc"),
+                    cpio.directory("etc/modules-load.d"),
+                    cpio.file("etc/modules-load.d/bench.conf", conf.encode()),
+                ]
+            )
         images = ImageServer({"image.raw": image.path})
         with BackgroundApp(images.app) as server:
             for n in range(args.boots):
@@ -85,15 +113,34 @@ def main() -> None:
                 vm_dir.mkdir()
                 # 8 GiB (sparse): with no root-device hint the agent, like IPA, wants >= 4 GiB.
                 shape = Shape("virtio", disk_bytes=8 * 1024**3)
-                vm = VM(vm_dir, ramdisk, shape, secrets=bundle.cpio())
+                vm = VM(
+                    vm_dir,
+                    ramdisk,
+                    shape,
+                    kernel_args=args.kernel_args,
+                    secrets=secrets,
+                    boot_over=args.boot_over,
+                )
                 vm.guestfwds[(IMAGE_HOST, 80)] = server.port
                 vm.start()
                 try:
                     client = AgentClient(vm.host_port, context, server_hostname=NODE)
                     seconds = asyncio.run(wait_for_agent(vm, client))
                     answers.append(seconds)
-                    print(f"boot {n + 1}: QEMU start -> first TLS answer {seconds:.1f} s")
-                    if n == 0:
+                    ipxe, linux = vm.since_start("ipxe"), vm.since_start("linux")
+                    line = f"boot {n + 1}: QEMU start -> first TLS answer {seconds:.1f} s"
+                    if ipxe is not None:
+                        from_ipxe.append(seconds - ipxe)
+                        line += (
+                            f"; iPXE banner at {ipxe:.1f} s, iPXE -> answer {from_ipxe[-1]:.1f} s"
+                        )
+                    if linux is not None:
+                        to_kernel.append(linux)
+                        line += f"; kernel's first line at {linux:.1f} s"
+                    print(line, flush=True)
+                    steps = sorted((at - vm.started_at, name) for name, at in vm.milestones.items())
+                    print("  console: " + ", ".join(f"{name} {t:.1f}" for t, name in steps))
+                    if n == 0 and args.image_mib > 0:
                         took = asyncio.run(
                             write_image(client, f"http://{IMAGE_HOST}/image.raw", image.sha256)
                         )
@@ -104,10 +151,16 @@ def main() -> None:
                         )
                 finally:
                     vm.stop()
-    print(
-        f"QEMU start -> first TLS answer: median {statistics.median(answers):.1f} s"
-        f" over {len(answers)} boots (min {min(answers):.1f}, max {max(answers):.1f})"
-    )
+    for label, values in (
+        ("QEMU start -> first TLS answer", answers),
+        ("iPXE banner -> first TLS answer", from_ipxe),
+        ("QEMU start -> kernel's first line", to_kernel),
+    ):
+        if values:
+            print(
+                f"{label}: median {statistics.median(values):.1f} s over {len(values)} boots"
+                f" (min {min(values):.1f}, max {max(values):.1f}; boot over {args.boot_over})"
+            )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from tests.agent.test_active import LOOKUP_TOKEN, NODE_UUID, FakeIronic
 from .conftest import NODE
 from .harness import (
     AGENT_PORT,
+    BOOT_HOST,
     GUEST_IP,
     IMAGE_HOST,
     IRONIC_HOST,
@@ -104,6 +105,9 @@ def boot(vm: VM, client_for: Any) -> Booted:
         vm.stop()
         raise
     report(f"{vm.shape.name}: QEMU start -> first TLS answer", f"{seconds:.1f} s")
+    ipxe = vm.since_start("ipxe")
+    if ipxe is not None:
+        report(f"{vm.shape.name}: iPXE banner -> first TLS answer", f"{seconds - ipxe:.1f} s")
     return Booted(vm, client, seconds)
 
 
@@ -283,7 +287,10 @@ async def test_passive_provisioning(passive: Passive, tmp_path: Path):
     flows = guest_flows(vm.pcap, VIRTIO.mac)
     tcp = {(f.dst, f.dport) for f in flows if f.proto == "tcp"}
     udp = {(f.dst, f.dport) for f in flows if f.proto == "udp"}
-    assert tcp == {(IMAGE_HOST, 80)}, tcp
+    # iPXE's own HTTP fetches aside (exactly the boot files, each once): the boot server
+    # would also have seen any request the agent sent it.
+    assert tcp <= {(IMAGE_HOST, 80), (BOOT_HOST, 80)} and (IMAGE_HOST, 80) in tcp, tcp
+    assert sorted(path for _, path in vm.boot_requests) == ["/initramfs", "/kernel", "/node.cpio"]
     # DHCP (iPXE, then systemd-networkd; DHCPv6 to its multicast group) and iPXE's TFTP.
     allowed_udp = {("255.255.255.255", 67), ("10.0.2.2", 67), ("10.0.2.2", 69), ("ff02::1:2", 547)}
     assert udp <= allowed_udp, udp
