@@ -104,8 +104,9 @@ async def poll(
 ) -> dict[str, Any]:
     from conductor.client import AgentClient, Options, Pool, Trust, tune_gc_for_polling
 
+    tuned = False
     if not os.environ.get("TACET_BENCH_DEFAULT_GC"):
-        tune_gc_for_polling()  # as `tacet provision` does
+        tuned = tune_gc_for_polling(len(addresses), kept_alive)  # as `tacet provision` does
 
     gate = asyncio.Semaphore(concurrency)
     trust = Trust(cafile=workdir / "ca.pem")
@@ -119,7 +120,7 @@ async def poll(
 
     gc.callbacks.append(on_gc)
     profile_path = os.environ.get("TACET_BENCH_PROFILE")
-    report: dict[str, Any] = {"rss_start_mib": rss_mib()}
+    report: dict[str, Any] = {"rss_start_mib": rss_mib(), "gc_tuned": tuned}
 
     async def sweep(
         clients: list[AgentClient], kind: str, profile: Any = None
@@ -326,7 +327,8 @@ def main() -> None:
                 n, args.workers, workdir, args.repeat, args.concurrency, args.kept_alive
             )
             print(
-                f"  poller RSS before connecting {report['rss_start_mib']:.1f} MiB; TLS "
+                f"  poller RSS before connecting {report['rss_start_mib']:.1f} MiB; gc threshold "
+                f"{'raised' if report['gc_tuned'] else 'default'}; TLS "
                 + "; ".join(
                     f"{k}: {report[k]['handshakes']} handshakes, {report[k]['resumed']} resumed"
                     for k in ("status", "inventory")

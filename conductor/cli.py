@@ -443,7 +443,7 @@ def _provision(args: argparse.Namespace) -> None:
     results = args.results or args.fleet.with_suffix(".results.json")
     if args.plain or not interactive():
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    tune_gc_for_polling()
+    tune_gc_for_polling(len(fleet.nodes))
     nodes = asyncio.run(provision(fleet, results, args.resume, reporter(args.plain)))
     counts: dict[str, int] = {}
     for entry in nodes.values():
