@@ -355,7 +355,7 @@ def tune_gc_for_polling(
 class Pool:
     """One HTTP connection pool for many agents, and the CA contexts they share.
 
-    A kept-alive TLS connection costs the poller about 80 KiB (OpenSSL, asyncio, aiohttp),
+    A kept-alive TLS connection costs the poller about 65 KiB (OpenSSL, asyncio, aiohttp),
     so at most ``max_kept_alive`` agents keep theirs; the others close after each request
     and reconnect with TLS session resumption (no certificate check, no signatures). No
     global connection limit: the poller bounds concurrency itself.
