@@ -18,6 +18,7 @@ import os
 import re
 import socket
 import ssl
+import threading
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,17 +346,44 @@ class ResumingContext(ssl.SSLContext):
 CONDUCTOR_READ_BUFFER = 16 * 1024 + 512
 
 
+_read_buffers = threading.local()  # one per thread: each event loop runs in one thread
+
+
+def _shared_read_buffer(size: int) -> memoryview:
+    view: memoryview | None = getattr(_read_buffers, "view", None)
+    if view is None or len(view) < size:
+        view = memoryview(bytearray(size))
+        _read_buffers.view = view
+    return view
+
+
 def limit_tls_read_buffer(size: int = CONDUCTOR_READ_BUFFER) -> None:
-    """Make asyncio's TLS connections allocate ``size`` bytes of read buffer, not 256 KiB.
+    """Make asyncio's TLS connections read through one shared ``size``-byte buffer.
 
     asyncio's SSLProtocol zero-fills a ``max_size`` (256 KiB) bytearray per connection:
     a conductor keeping 5,000 agents alive would hold 1.25 GiB in read buffers alone.
-    Agent answers are small, so a few TLS records per read is plenty. Process-wide; the
-    conductor calls it (the agent, serving one conductor, keeps asyncio's default).
+    Agent answers are small, so a few TLS records per read is plenty. The buffer is
+    only a landing place: ``buffer_updated`` copies what ``recv_into`` put there into
+    the connection's own TLS input in the same callback, with no await in between, so
+    all connections of a thread can share one (at 1,000 kept-alive connections that is
+    16 MiB less). Process-wide; the conductor calls it (the agent, serving one
+    conductor, keeps asyncio's default).
     """
     import asyncio.sslproto
 
-    asyncio.sslproto.SSLProtocol.max_size = size
+    protocol: Any = asyncio.sslproto.SSLProtocol
+    protocol.max_size = size
+    if getattr(protocol, "_tacet_shared_buffer", False):
+        return
+    original = protocol.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self._ssl_buffer_view = _shared_read_buffer(self.max_size)
+        self._ssl_buffer = self._ssl_buffer_view.obj
+
+    protocol.__init__ = __init__
+    protocol._tacet_shared_buffer = True
 
 
 def conductor_context(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -101,13 +102,29 @@ def rss_mib() -> float:
 async def poll(
     addresses: list[str], workdir: Path, repeat: int, concurrency: int, kept_alive: int
 ) -> dict[str, Any]:
-    from conductor.client import AgentClient, Options, Pool, Trust
+    from conductor.client import AgentClient, Options, Pool, Trust, tune_gc_for_polling
+
+    tuned = False
+    if not os.environ.get("TACET_BENCH_DEFAULT_GC"):
+        tuned = tune_gc_for_polling(len(addresses), kept_alive)  # as `tacet provision` does
 
     gate = asyncio.Semaphore(concurrency)
     trust = Trust(cafile=workdir / "ca.pem")
-    report: dict[str, Any] = {"rss_start_mib": rss_mib()}
+    gc_time = [0.0, 0.0]  # total, start of the current collection
 
-    async def sweep(clients: list[AgentClient], kind: str) -> tuple[float, float, int]:
+    def on_gc(phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_time[1] = time.perf_counter()
+        else:
+            gc_time[0] += time.perf_counter() - gc_time[1]
+
+    gc.callbacks.append(on_gc)
+    profile_path = os.environ.get("TACET_BENCH_PROFILE")
+    report: dict[str, Any] = {"rss_start_mib": rss_mib(), "gc_tuned": tuned}
+
+    async def sweep(
+        clients: list[AgentClient], kind: str, profile: Any = None
+    ) -> tuple[float, float, int, float]:
         async def one(client: AgentClient) -> bool:
             async with gate:
                 if kind == "status":
@@ -117,26 +134,39 @@ async def poll(
                     assert inventory.macs
                 return True
 
+        gc_began = gc_time[0]
         cpu, began = cpu_seconds(), time.perf_counter()
+        if profile is not None:
+            profile.enable()
         outcomes = await asyncio.gather(*(one(c) for c in clients), return_exceptions=True)
+        if profile is not None:
+            profile.disable()
         wall = time.perf_counter() - began
         failures = [o for o in outcomes if o is not True]
         if failures:
             print(f"  {len(failures)} failures, first: {failures[0]!r}", file=sys.stderr)
-        return wall, cpu_seconds() - cpu, len(failures)
+        return wall, cpu_seconds() - cpu, len(failures), gc_time[0] - gc_began
 
     for kind in ("status", "inventory"):
         pool = Pool(max_kept_alive=kept_alive)  # fresh: the first sweep pays the handshakes
         options = Options(trust, TOKEN, retries=1)
         clients = [AgentClient(a, options, pool=pool) for a in addresses]
         first = await sweep(clients, kind)
-        later = [await sweep(clients, kind) for _ in range(repeat)]
+        profile = None
+        if profile_path:  # the kept-alive sweeps only
+            import cProfile
+
+            profile = cProfile.Profile()
+        later = [await sweep(clients, kind, profile) for _ in range(repeat)]
+        if profile is not None:
+            profile.dump_stats(f"{profile_path}.{kind}")
         connector = pool.session.connector
         report[kind] = {
             "first_s": first[0],
             "first_cpu_s": first[1],
             "later_s": statistics.median(s[0] for s in later),
             "later_cpu_s": statistics.median(s[1] for s in later),
+            "later_gc_s": statistics.median(s[3] for s in later),
             "failures": first[2] + sum(s[2] for s in later),
             "connections": len(getattr(connector, "_conns", {})),
             "handshakes": getattr(pool.ca_context(trust), "handshakes", 0),
@@ -275,15 +305,7 @@ def main() -> None:
     if args.poll:
         ports = json.loads(sys.stdin.read())
         work = poll(ports, args.workdir, args.repeat, args.concurrency, args.kept_alive)
-        if os.environ.get("TACET_BENCH_PROFILE"):
-            import cProfile
-
-            profile = cProfile.Profile()
-            result = profile.runcall(asyncio.run, work)
-            profile.dump_stats(os.environ["TACET_BENCH_PROFILE"])
-        else:
-            result = asyncio.run(work)
-        print(json.dumps(result))
+        print(json.dumps(asyncio.run(work)))
         return
     shm = Path("/dev/shm")
     workdir = Path(tempfile.mkdtemp(prefix="tacet-fleet-", dir=shm if shm.is_dir() else None))
@@ -296,7 +318,8 @@ def main() -> None:
         )
         header = (
             f"{'agents':>6} {'sweep':>9} {'first s':>8} {'cpu s':>6} {'later s':>8} "
-            f"{'cpu s':>6} {'fail':>4} {'poller RSS MiB (peak)':>22} {'agents up s':>11}"
+            f"{'cpu s':>6} {'gc s':>5} {'fail':>4} {'poller RSS MiB (peak)':>22} "
+            f"{'agents up s':>11}"
         )
         print(header)
         for n in sizes:
@@ -304,7 +327,8 @@ def main() -> None:
                 n, args.workers, workdir, args.repeat, args.concurrency, args.kept_alive
             )
             print(
-                f"  poller RSS before connecting {report['rss_start_mib']:.1f} MiB; TLS "
+                f"  poller RSS before connecting {report['rss_start_mib']:.1f} MiB; gc threshold "
+                f"{'raised' if report['gc_tuned'] else 'default'}; TLS "
                 + "; ".join(
                     f"{k}: {report[k]['handshakes']} handshakes, {report[k]['resumed']} resumed"
                     for k in ("status", "inventory")
@@ -315,7 +339,8 @@ def main() -> None:
                 r = report[kind]
                 print(
                     f"{n:>6} {kind:>9} {r['first_s']:>8.2f} {r['first_cpu_s']:>6.2f} "
-                    f"{r['later_s']:>8.3f} {r['later_cpu_s']:>6.2f} {r['failures']:>4} "
+                    f"{r['later_s']:>8.3f} {r['later_cpu_s']:>6.2f} {r['later_gc_s']:>5.2f} "
+                    f"{r['failures']:>4} "
                     f"{report['rss_end_mib']:>13.1f} ({report['peak_rss_mib']:.1f})"
                     f" {report['agents_started_s']:>11.1f}",
                     flush=True,

@@ -20,7 +20,15 @@ from typing import Any, NoReturn
 from agent.tls import write_private
 from conductor import pki
 
-from .client import AgentClient, AgentError, Options, Trust, Unreachable, parse_pin
+from .client import (
+    AgentClient,
+    AgentError,
+    Options,
+    Trust,
+    Unreachable,
+    parse_pin,
+    tune_gc_for_polling,
+)
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -435,6 +443,7 @@ def _provision(args: argparse.Namespace) -> None:
     results = args.results or args.fleet.with_suffix(".results.json")
     if args.plain or not interactive():
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    tune_gc_for_polling(len(fleet.nodes))
     nodes = asyncio.run(provision(fleet, results, args.resume, reporter(args.plain)))
     counts: dict[str, int] = {}
     for entry in nodes.values():

@@ -563,3 +563,47 @@ def test_lazy_system_trust_needs_a_hashed_directory(tmp_path: Path) -> None:
     with lazy_system_trust(environ) as applied:
         pass
     assert applied is False
+
+
+# -- limit_tls_read_buffer ---------------------------------------------------------------
+async def test_shared_read_buffer_keeps_connections_apart(identity: Identity) -> None:
+    """Many TLS connections reading at once through the one shared buffer each get
+    exactly their own bytes (answers several times the buffer, sent in pieces)."""
+    import asyncio
+
+    from agent.tls import CONDUCTOR_READ_BUFFER, limit_tls_read_buffer
+
+    limit_tls_read_buffer()
+    size = 3 * CONDUCTOR_READ_BUFFER + 123
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        n = int(await reader.readline())
+        body = bytes([n]) * size
+        for start in range(0, size, 5000):
+            writer.write(body[start : start + 5000])
+            await writer.drain()
+            await asyncio.sleep(0)
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_context(identity))
+    port = server.sockets[0].getsockname()[1]
+    protocols = []
+
+    async def fetch(n: int) -> bytes:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_context(cadata=identity.cert_pem)
+        )
+        protocols.append(writer.transport._ssl_protocol)  # type: ignore[attr-defined]
+        writer.write(b"%d\n" % n)
+        data = await reader.read()
+        writer.close()
+        return data
+
+    try:
+        answers = await asyncio.gather(*(fetch(n) for n in range(1, 21)))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert [a == bytes([n]) * size for n, a in enumerate(answers, 1)] == [True] * 20
+    assert len({id(p._ssl_buffer) for p in protocols}) == 1
+    assert protocols[0].max_size == CONDUCTOR_READ_BUFFER

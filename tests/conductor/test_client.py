@@ -427,3 +427,18 @@ async def test_held_off_after_failures_is_unauthenticated(ca_node, test_pki):
         with pytest.raises(Unauthenticated, match="held off") as held:
             await client.sync()
         assert "Retry-After" in str(held.value)
+
+
+def test_tune_gc_for_polling_only_when_all_agents_keep_alive() -> None:
+    import gc
+
+    from conductor.client import tune_gc_for_polling
+
+    before = gc.get_threshold()
+    try:
+        assert not tune_gc_for_polling(1001, max_kept_alive=1000, threshold=12_345)
+        assert gc.get_threshold() == before
+        assert tune_gc_for_polling(1000, max_kept_alive=1000, threshold=12_345)
+        assert gc.get_threshold() == (12_345, *before[1:])
+    finally:
+        gc.set_threshold(*before)
