@@ -10,6 +10,7 @@ from aiohttp import web
 
 from image.writer import holds_mounts, mounted_devices
 from tests.agent.conftest import FakeInventory, start
+from tests.image.conftest import disk_entry
 from tests.image.test_partitions import DISK, ESP, LINUX, P1, P2, gpt_image
 
 GIB = 1024**3
@@ -26,24 +27,7 @@ class DiskInventory(FakeInventory):
 
     def __call__(self):
         data = super().__call__()
-        data["disks"] = [
-            {
-                "name": str(self.path),
-                "model": None,
-                "size": 5 * GIB,
-                "rotational": False,
-                "serial": "TEST0001",
-                "wwn": None,
-                "wwn_with_extension": None,
-                "wwn_vendor_extension": None,
-                "vendor": None,
-                "hctl": None,
-                "by_path": None,
-                "logical_sectors": 512,
-                "physical_sectors": 512,
-                "tran": "virtio",
-            }
-        ]
+        data["disks"] = [disk_entry(str(self.path), 5 * GIB, "TEST0001")]
         return data
 
 
