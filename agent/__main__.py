@@ -36,6 +36,15 @@ def main(argv: list[str] | None = None) -> int:
         default="system",
         help="recording: log power actions instead of doing them (development)",
     )
+    parser.add_argument(
+        "--wait-for-network",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before making a certificate (none configured) or looking up (active mode),"
+        " wait up to SECONDS for a routable address; the ramdisk's unit starts the agent"
+        " while DHCP is still running (default 0: no wait)",
+    )
     args = parser.parse_args(argv)
     try:
         config = load_config(args.cmdline_file, args.config_dir, args.state_dir)
@@ -51,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config.debug)
     power = RecordingPower() if args.power_backend == "recording" else SystemPower()
     try:
-        asyncio.run(serve(config, power=power))
+        asyncio.run(serve(config, power=power, network_wait=args.wait_for_network))
     except OSError as exc:
         print(f"tacet-agent: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,8 @@ import os
 import signal
 import socket
 import sys
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -18,11 +20,57 @@ from . import __version__
 from .config import KERNEL, Config
 from .core import Agent
 from .gate import TlsGate
+from .inventory_cache import UDEV_CONTROL
 from .power import PowerBackend, SystemPower
 from .tls import load_identity, local_addresses, server_context
 
 LOG = logging.getLogger(__name__)
 WARMUP_DELAY = 0.5  # seconds after the listener is up
+NETWORK_POLL = 0.2  # seconds between looks at the host's addresses while waiting
+UDEV_WAIT = 60.0  # seconds the warm-up keeps looking for a udev daemon that starts late
+UDEV_POLL = 0.5
+
+
+def notify_systemd(state: str, environ: dict[str, str] | None = None) -> bool:
+    """Tell systemd (``Type=notify``) about ``state``, e.g. ``READY=1``; False outside it.
+
+    The ramdisk orders what can wait (DNS resolver, D-Bus) after the agent is ready, so
+    that under emulation they do not compete with its start for the CPU.
+    """
+    address = (environ if environ is not None else os.environ).get("NOTIFY_SOCKET", "")
+    if not address or address[0] not in "/@":
+        return False
+    target = "\0" + address[1:] if address[0] == "@" else address
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(state.encode(), target)
+    except OSError as exc:
+        LOG.warning("cannot notify systemd at %s: %s", address, exc)
+        return False
+    return True
+
+
+def routable(addresses: Iterable[Any]) -> list[Any]:
+    """The addresses a conductor could reach: neither loopback nor link-local."""
+    return sorted((a for a in addresses if not a.is_loopback and not a.is_link_local), key=str)
+
+
+async def wait_for_network(
+    timeout: float, addresses: Callable[[], Iterable[Any]] | None = None
+) -> list[Any]:
+    """Wait up to ``timeout`` s for a routable address; the ones found (empty on timeout).
+
+    The ramdisk starts the agent while DHCP is still running, so that importing and
+    setting up overlap with it; what needs the address (a generated certificate's IP
+    SANs, the lookup in active mode) waits here instead of in systemd's ordering.
+    """
+    source = addresses or local_addresses
+    deadline = time.monotonic() + timeout
+    while True:
+        found = routable(source())
+        if found or time.monotonic() >= deadline:
+            return found
+        await asyncio.sleep(NETWORK_POLL)
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
@@ -73,9 +121,14 @@ class AgentServer:
     """The agent and its one TLS listener; ``start``/``stop`` for the daemon and tests."""
 
     def __init__(
-        self, config: Config, power: PowerBackend | None = None, collect_inventory: Any = None
+        self,
+        config: Config,
+        power: PowerBackend | None = None,
+        collect_inventory: Any = None,
+        network_wait: float = 0.0,
     ) -> None:
         self.config = config
+        self.network_wait = network_wait
         self.power = power or SystemPower()
         self.collect_inventory = collect_inventory
         self.agent: Agent | None = None
@@ -97,6 +150,14 @@ class AgentServer:
         config = self.config
         config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(config.state_dir, 0o700)
+        if self.network_wait > 0 and (config.cert_file is None or config.mode == "active"):
+            # A configured certificate needs no address: listen at once. A generated one
+            # carries the addresses, and a lookup needs the network.
+            LOG.info("waiting up to %gs for a routable address", self.network_wait)
+            if not await wait_for_network(self.network_wait):
+                LOG.warning(
+                    "no routable address after %gs; going on without one", self.network_wait
+                )
         identity = load_identity(
             config.state_dir, certificate_addresses(config), config.cert_file, config.key_file
         )
@@ -132,8 +193,17 @@ class AgentServer:
 
     async def _warm_up(self, agent: Agent) -> None:
         await asyncio.sleep(WARMUP_DELAY)
-        agent.inventory.watch_udev()
+        watching = agent.inventory.watch_udev()
         await agent.inventory.get()
+        # The ramdisk starts the agent before systemd-udevd: once udevd runs, its coldplug
+        # events (and later hot-plug ones) mark the inventory stale.
+        deadline = time.monotonic() + UDEV_WAIT
+        while not watching and time.monotonic() < deadline:
+            await asyncio.sleep(UDEV_POLL)
+            if os.path.exists(UDEV_CONTROL):
+                if agent.inventory.watch_udev():
+                    agent.inventory.invalidate()
+                break
 
     async def stop(self, reason: str = "agent stopping (SIGTERM)") -> None:
         for task in (self.warmup, self.ironic):
@@ -153,12 +223,15 @@ async def serve(
     power: PowerBackend | None = None,
     stop: asyncio.Event | None = None,
     collect_inventory: Any = None,
+    network_wait: float = 0.0,
 ) -> None:
-    """Run until ``stop`` is set or SIGTERM/SIGINT arrives."""
-    server = AgentServer(config, power, collect_inventory)
+    """Run until ``stop`` is set or SIGTERM/SIGINT arrives; ``network_wait``: see
+    ``AgentServer.start``."""
+    server = AgentServer(config, power, collect_inventory, network_wait)
     agent = await server.start()
     assert server.sock is not None
     print(banner(agent, server.sock), flush=True)
+    notify_systemd("READY=1")
     if config.origins.get("agent_token") == KERNEL:
         LOG.warning(
             "the agent token came from the kernel command line, which is visible on the "

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 LOG = logging.getLogger(__name__)
+UDEV_CONTROL = "/run/udev/control"  # exists while systemd-udevd runs
 
 
 class InventoryCache:
@@ -40,7 +41,7 @@ class InventoryCache:
 
     def watch_udev(self) -> bool:
         """Invalidate on udev block/net events; False when there is no udev to watch."""
-        if not os.path.exists("/run/udev/control"):
+        if not os.path.exists(UDEV_CONTROL):
             LOG.info("inventory: no udev daemon; refreshing by age only")
             return False
         try:
