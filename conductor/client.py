@@ -571,7 +571,9 @@ class Connection(asyncio.Protocol):
 
     async def exchange(self, request: bytes, method: str) -> Response:
         """Send one request and wait for its whole answer."""
-        assert self.transport is not None and self.reader is None
+        if self.transport is None or self.closed:  # closed right after the handshake
+            raise NotSent("the agent closed the connection before the request")
+        assert self.reader is None
         self.reader = ResponseReader(method)
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
