@@ -8,7 +8,14 @@ sweep (``GET /v1/status``) and an inventory sweep (``poll.get_hardware_info``):
 
 - the first sweep: a new TLS connection (full handshake) to every agent;
 - later sweeps over the kept-alive connections (median of --repeat);
-- the poller's CPU seconds per sweep and its RSS (and peak RSS) at the end.
+- the poller's CPU seconds per sweep and its RSS (and peak RSS) at the end, and the
+  agent workers' CPU seconds per sweep (they share the cores with the poller).
+
+The workers freeze their start-up heap (``gc.freeze``): 500 agents share a process here,
+where a real agent has one to itself (``TACET_BENCH_AGENTS_DEFAULT_GC=1`` turns it off).
+``TACET_BENCH_PROFILE=PATH`` writes cProfiles of the kept-alive sweeps: the poller's
+(``PATH.status``, ``PATH.inventory``) and each worker's during the inventory sweeps
+(``PATH.agents<first>``).
 
 Targets (issue 6), for 1,000 agents: first sweep < 5 s, later sweeps < 0.5 s; poller
 memory < 200 MiB at 5,000 agents. Run it alone (2 cores are shared with the agents):
@@ -83,7 +90,7 @@ async def serve(first: int, count: int, workdir: Path) -> None:
         await server.start()
         servers.append(server)
     await asyncio.gather(*(s.warmup for s in servers if s.warmup is not None))
-    if not os.environ.get("TACET_BENCH_DEFAULT_GC"):
+    if not os.environ.get("TACET_BENCH_AGENTS_DEFAULT_GC"):
         # A real agent is one per process; here 500 share one, and every full collection
         # walks all 500 agents' start-up objects (~0.12 s a time, in the middle of a
         # sweep). Freezing them gives each collection a real agent's share of work.
