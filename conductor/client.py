@@ -433,7 +433,7 @@ class ResponseReader:
             del self.buffer[: end + 4]
             lines = head.split("\r\n")
             version, _, rest = lines[0].partition(" ")
-            code = rest[:3]
+            code = rest.partition(" ")[0]
             if version not in ("HTTP/1.1", "HTTP/1.0") or not (code.isdigit() and len(code) == 3):
                 raise BadHttp(f"not an HTTP/1.1 status line: {lines[0][:60]!r}")
             headers: dict[str, str] = {}

@@ -19,6 +19,7 @@ from conductor.client import (
     ResponseReader,
     Trust,
     Unreachable,
+    Untrusted,
 )
 from tests.conductor.conftest import TOKEN
 
@@ -78,6 +79,8 @@ def test_interim_answers_no_body_and_connection_close():
     assert response.status == 204 and response.body == b""
     closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
     assert not ResponseReader().feed(closing).keep_alive
+    bare = ResponseReader().feed(b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\n{}")
+    assert bare.status == 200 and bare.body == b"{}"  # the reason phrase is optional
     old = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}"
     assert not ResponseReader().feed(old).keep_alive
 
@@ -99,6 +102,7 @@ def test_a_truncated_answer_is_not_a_response():
     [
         (b"SSH-2.0-OpenSSH\r\n\r\n", "status line"),
         (b"HTTP/1.1 2x0 OK\r\n\r\n", "status line"),
+        (b"HTTP/1.1 2000 OK\r\n\r\n", "status line"),
         (b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", "malformed header"),
         (b"HTTP/1.1 200 OK\r\n folded: x\r\n\r\n", "malformed header"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "conflicting"),
@@ -305,3 +309,15 @@ async def test_result_ids_are_quoted_in_the_path(scripted):
 def test_a_token_that_would_break_the_header_is_refused(test_pki):
     with pytest.raises(ValueError, match="printable ASCII"):
         AgentClient("127.0.0.1", Options(Trust(cafile=test_pki.ca_pem), "tok\r\nX: y"))
+
+
+async def test_ca_mode_still_checks_the_address(start_node, test_pki):
+    """A CA-issued certificate for 127.0.0.1 served on 127.0.0.2: refused, nothing sent."""
+    node = await start_node(
+        listen_host="127.0.0.2", cert_file=test_pki.node_cert, key_file=test_pki.node_key
+    )
+    address = f"127.0.0.2:{node.server.port}"
+    async with AgentClient(address, Options(Trust(cafile=test_pki.ca_pem), TOKEN)) as client:
+        with pytest.raises(Untrusted, match="IP address mismatch"):
+            await client.list_commands()
+    assert node.agent.guard.summary().get("token", 0) == 0
