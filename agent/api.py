@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .commands import CommandError
+from .commands import CommandError, CommandResult
 from .core import Agent
 
 LOG = logging.getLogger(__name__)
@@ -157,6 +157,21 @@ async def list_commands(request: web.Request) -> web.Response:
     return web.json_response({"commands": request.app[AGENT_KEY].executor.history()})
 
 
+INVENTORY_PLACEHOLDER = "\x00tacet-inventory\x00"  # json.dumps writes it as \u0000...
+
+
+def result_response(agent: Agent, result: CommandResult) -> web.Response:
+    """A command result as JSON; a cached inventory in it is spliced in as already encoded
+    text (see ``InventoryCache.json_text``): the same bytes ``json.dumps`` would give."""
+    record = result.serialize()
+    cached = agent.inventory.json_text(record["command_result"])
+    if cached is None:
+        return web.json_response(record)
+    record["command_result"] = INVENTORY_PLACEHOLDER
+    text = json.dumps(record).replace(json.dumps(INVENTORY_PLACEHOLDER), cached, 1)
+    return web.Response(text=text, content_type="application/json")
+
+
 def wants_wait(request: web.Request) -> bool:
     return request.query.get("wait", "false").lower() in ("true", "1", "yes")
 
@@ -167,7 +182,7 @@ async def get_command(request: web.Request) -> web.Response:
     result = agent.executor.get(request.match_info["result_id"])
     if wants_wait(request):
         await result.done.wait()
-    return web.json_response(result.serialize())
+    return result_response(agent, result)
 
 
 def _reject_constant(name: str) -> Any:
@@ -181,9 +196,15 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_STRICT = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def parse_body(raw: bytes) -> Any:
-    """Strict JSON: no NaN/Infinity (they would be echoed back as invalid JSON)."""
-    return json.loads(raw or b"null", parse_constant=_reject_constant, parse_float=_finite_float)
+    """Strict JSON: no NaN/Infinity (they would be echoed back as invalid JSON).
+
+    ``json.loads`` with these hooks would build a decoder per request; this is its body."""
+    raw = raw or b"null"
+    return _STRICT.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
 
 
 async def run_command(request: web.Request) -> web.Response:
@@ -212,7 +233,7 @@ async def run_command(request: web.Request) -> web.Response:
         agent.record_claim(peer(request))
     if wants_wait(request):
         await result.done.wait()
-    return web.json_response(result.serialize())
+    return result_response(agent, result)
 
 
 def redirect(target: str) -> Handler:

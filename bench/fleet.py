@@ -8,7 +8,14 @@ sweep (``GET /v1/status``) and an inventory sweep (``poll.get_hardware_info``):
 
 - the first sweep: a new TLS connection (full handshake) to every agent;
 - later sweeps over the kept-alive connections (median of --repeat);
-- the poller's CPU seconds per sweep and its RSS (and peak RSS) at the end.
+- the poller's CPU seconds per sweep and its RSS (and peak RSS) at the end, and the
+  agent workers' CPU seconds per sweep (they share the cores with the poller).
+
+The workers freeze their start-up heap (``gc.freeze``): 500 agents share a process here,
+where a real agent has one to itself (``TACET_BENCH_AGENTS_DEFAULT_GC=1`` turns it off).
+``TACET_BENCH_PROFILE=PATH`` writes cProfiles of the kept-alive sweeps: the poller's
+(``PATH.status``, ``PATH.inventory``) and each worker's during the inventory sweeps
+(``PATH.agents<first>``).
 
 Targets (issue 6), for 1,000 agents: first sweep < 5 s, later sweeps < 0.5 s; poller
 memory < 200 MiB at 5,000 agents. Run it alone (2 cores are shared with the agents):
@@ -25,6 +32,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -81,8 +89,28 @@ async def serve(first: int, count: int, workdir: Path) -> None:
         server = AgentServer(config, RecordingPower(), collect_inventory=lambda: inventory)
         await server.start()
         servers.append(server)
+    await asyncio.gather(*(s.warmup for s in servers if s.warmup is not None))
+    if not os.environ.get("TACET_BENCH_AGENTS_DEFAULT_GC"):
+        # A real agent is one per process; here 500 share one, and every full collection
+        # walks all 500 agents' start-up objects (~0.12 s a time, in the middle of a
+        # sweep). Freezing them gives each collection a real agent's share of work.
+        gc.collect()
+        gc.freeze()
+    loop = asyncio.get_running_loop()
+    profile_path = os.environ.get("TACET_BENCH_PROFILE")
+    if profile_path:  # the poller brackets its kept-alive inventory sweeps with these
+        import cProfile
+
+        profile = cProfile.Profile()
+        loop.add_signal_handler(signal.SIGUSR1, profile.enable)
+
+        def dump() -> None:
+            profile.disable()
+            profile.dump_stats(f"{profile_path}.agents{first}")
+
+        loop.add_signal_handler(signal.SIGUSR2, dump)
     print(json.dumps([f"{s.config.listen_host}:{s.port}" for s in servers]), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await loop.run_in_executor(None, sys.stdin.read)
     for server in servers:
         await server.stop("bench finished")
 
@@ -93,6 +121,16 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def process_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of other processes (the agent workers), from /proc."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib() -> float:
     with open("/proc/self/statm") as handle:
         pages = int(handle.read().split()[1])
@@ -100,7 +138,12 @@ def rss_mib() -> float:
 
 
 async def poll(
-    addresses: list[str], workdir: Path, repeat: int, concurrency: int, kept_alive: int
+    addresses: list[str],
+    workers: list[int],
+    workdir: Path,
+    repeat: int,
+    concurrency: int,
+    kept_alive: int,
 ) -> dict[str, Any]:
     from conductor.client import AgentClient, Options, Pool, Trust, tune_gc_for_polling
 
@@ -124,7 +167,7 @@ async def poll(
 
     async def sweep(
         clients: list[AgentClient], kind: str, profile: Any = None
-    ) -> tuple[float, float, int, float]:
+    ) -> tuple[float, float, int, float, float]:
         async def one(client: AgentClient) -> bool:
             async with gate:
                 if kind == "status":
@@ -135,6 +178,7 @@ async def poll(
                 return True
 
         gc_began = gc_time[0]
+        agents_cpu = process_cpu_seconds(workers)
         cpu, began = cpu_seconds(), time.perf_counter()
         if profile is not None:
             profile.enable()
@@ -145,7 +189,9 @@ async def poll(
         failures = [o for o in outcomes if o is not True]
         if failures:
             print(f"  {len(failures)} failures, first: {failures[0]!r}", file=sys.stderr)
-        return wall, cpu_seconds() - cpu, len(failures), gc_time[0] - gc_began
+        cpu = cpu_seconds() - cpu
+        agents_cpu = process_cpu_seconds(workers) - agents_cpu
+        return wall, cpu, len(failures), gc_time[0] - gc_began, agents_cpu
 
     for kind in ("status", "inventory"):
         pool = Pool(max_kept_alive=kept_alive)  # fresh: the first sweep pays the handshakes
@@ -153,22 +199,32 @@ async def poll(
         clients = [AgentClient(a, options, pool=pool) for a in addresses]
         first = await sweep(clients, kind)
         profile = None
-        if profile_path:  # the kept-alive sweeps only
+        if profile_path:  # the kept-alive sweeps only, here and in the agent workers
             import cProfile
 
             profile = cProfile.Profile()
+            if kind == "inventory":
+                for pid in workers:
+                    os.kill(pid, signal.SIGUSR1)
+                await asyncio.sleep(0.2)
         later = [await sweep(clients, kind, profile) for _ in range(repeat)]
         if profile is not None:
             profile.dump_stats(f"{profile_path}.{kind}")
-        connector = pool.session.connector
+            if kind == "inventory":
+                for pid in workers:
+                    os.kill(pid, signal.SIGUSR2)
         report[kind] = {
             "first_s": first[0],
             "first_cpu_s": first[1],
             "later_s": statistics.median(s[0] for s in later),
             "later_cpu_s": statistics.median(s[1] for s in later),
             "later_gc_s": statistics.median(s[3] for s in later),
+            "first_agents_cpu_s": first[4],
+            "later_agents_cpu_s": statistics.median(s[4] for s in later),
+            "later_all_s": [round(s[0], 3) for s in later],
             "failures": first[2] + sum(s[2] for s in later),
-            "connections": len(getattr(connector, "_conns", {})),
+            "connections": len(pool.connections),
+            "connections_made": pool.connections_made,
             "handshakes": getattr(pool.ca_context(trust), "handshakes", 0),
             "resumed": getattr(pool.ca_context(trust), "resumed", 0),
         }
@@ -265,7 +321,7 @@ def run_size(
         options += ["--concurrency", str(concurrency), "--kept-alive", str(kept_alive)]
         poller = subprocess.run(
             [*me, "--poll", *options],
-            input=json.dumps(ports),
+            input=json.dumps({"addresses": ports, "workers": [p.pid for p in processes]}),
             stdout=subprocess.PIPE,
             text=True,
             check=True,
@@ -303,8 +359,15 @@ def main() -> None:
         asyncio.run(serve(first, count, args.workdir))
         return
     if args.poll:
-        ports = json.loads(sys.stdin.read())
-        work = poll(ports, args.workdir, args.repeat, args.concurrency, args.kept_alive)
+        given = json.loads(sys.stdin.read())
+        work = poll(
+            given["addresses"],
+            given["workers"],
+            args.workdir,
+            args.repeat,
+            args.concurrency,
+            args.kept_alive,
+        )
         print(json.dumps(asyncio.run(work)))
         return
     shm = Path("/dev/shm")
@@ -317,10 +380,11 @@ def main() -> None:
             f"{args.concurrency}; kept-alive figures are the median of {args.repeat} sweeps"
         )
         header = (
-            f"{'agents':>6} {'sweep':>9} {'first s':>8} {'cpu s':>6} {'later s':>8} "
-            f"{'cpu s':>6} {'gc s':>5} {'fail':>4} {'poller RSS MiB (peak)':>22} "
-            f"{'agents up s':>11}"
+            f"{'agents':>6} {'sweep':>9} {'first s':>8} {'cpu s':>6} {'agt cpu':>7} "
+            f"{'later s':>8} {'cpu s':>6} {'agt cpu':>7} {'gc s':>5} {'fail':>4} "
+            f"{'poller RSS MiB (peak)':>22} {'agents up s':>11}"
         )
+        print("cpu s: the poller's CPU seconds per sweep; agt cpu: the agent workers' together")
         print(header)
         for n in sizes:
             report = run_size(
@@ -339,12 +403,14 @@ def main() -> None:
                 r = report[kind]
                 print(
                     f"{n:>6} {kind:>9} {r['first_s']:>8.2f} {r['first_cpu_s']:>6.2f} "
-                    f"{r['later_s']:>8.3f} {r['later_cpu_s']:>6.2f} {r['later_gc_s']:>5.2f} "
-                    f"{r['failures']:>4} "
+                    f"{r['first_agents_cpu_s']:>7.2f} {r['later_s']:>8.3f} "
+                    f"{r['later_cpu_s']:>6.2f} {r['later_agents_cpu_s']:>7.2f} "
+                    f"{r['later_gc_s']:>5.2f} {r['failures']:>4} "
                     f"{report['rss_end_mib']:>13.1f} ({report['peak_rss_mib']:.1f})"
                     f" {report['agents_started_s']:>11.1f}",
                     flush=True,
                 )
+                print(f"         later sweeps: {r['later_all_s']}", flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

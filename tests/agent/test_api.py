@@ -51,6 +51,31 @@ async def test_sync_command_result_shape(running):
     assert single == result
 
 
+async def test_inventory_result_bytes_as_json_dumps_gives_them(running):
+    """The cached inventory text is spliced into each result: same bytes as encoding the
+    whole record, and every command keeps its own id."""
+    import json
+
+    bodies = []
+    for _ in range(2):
+        async with running.client.post(
+            f"{running.base}/v1/commands/",
+            json={"name": "poll.get_hardware_info"},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+            bodies.append(await response.read())
+    records = [json.loads(body) for body in bodies]
+    assert records[0]["id"] != records[1]["id"]
+    for body, record in zip(bodies, records, strict=True):
+        assert body == json.dumps(record).encode()
+        assert record["command_result"] == running.agent.inventory.value
+    status, single = await running.get(f"/v1/commands/{records[0]['id']}")
+    assert status == 200
+    assert single == records[0]
+
+
 async def test_inventory_is_cached_until_refresh(running):
     _, first = await running.post({"name": "poll.get_hardware_info"})
     _, second = await running.post({"name": "poll.get_hardware_info"})

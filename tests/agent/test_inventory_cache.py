@@ -43,3 +43,17 @@ async def test_no_udev_daemon_means_age_based_refresh_only(monkeypatch):
     cache = InventoryCache(dict, max_age=1)
     assert cache.watch_udev() is False
     assert cache.monitor is None
+
+
+async def test_json_text_is_encoded_once_per_collection():
+    collect, _calls = counter()
+    cache = InventoryCache(collect, max_age=300)
+    first = await cache.get()
+    text = cache.json_text(first)
+    assert text == '{"calls": 1}'
+    assert cache.json_text(first) is text  # not encoded again
+    assert cache.json_text({"calls": 1}) is None  # an equal dict is not the cached one
+    assert cache.json_text(None) is None
+    second = await cache.get(refresh=True)
+    assert cache.json_text(second) == '{"calls": 2}'
+    assert cache.json_text(first) is None  # an older collection is not the cached one

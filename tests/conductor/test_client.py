@@ -10,7 +10,6 @@ import socket
 import ssl
 import tarfile
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -336,20 +335,13 @@ async def test_protocol_errors(bad_server):
 
 
 async def test_one_kept_alive_connection_for_many_requests(ca_node, test_pki):
-    created = []
-    trace = aiohttp.TraceConfig()
-
-    async def on_create(session, context, params):
-        created.append(params)
-
-    trace.on_connection_create_end.append(on_create)
-    pool = Pool(trace_configs=[trace])
+    pool = Pool()
     client = AgentClient(ca_node.address, Options(Trust(cafile=test_pki.ca_pem), TOKEN), pool=pool)
     try:
         for _ in range(5):
             await client.status()
             await client.list_commands()
-        assert len(created) == 1
+        assert pool.connections_made == 1 and len(pool.connections) == 1
     finally:
         await pool.close()
 
@@ -393,14 +385,7 @@ async def test_resuming_context_offers_the_last_session(test_pki):
 
 
 async def test_beyond_the_kept_alive_limit_sessions_are_resumed(ca_node, test_pki):
-    created = []
-    trace = aiohttp.TraceConfig()
-
-    async def on_create(session, context, params):
-        created.append(params)
-
-    trace.on_connection_create_end.append(on_create)
-    pool = Pool(max_kept_alive=0, trace_configs=[trace])
+    pool = Pool(max_kept_alive=0)
     client = AgentClient(ca_node.address, Options(Trust(cafile=test_pki.ca_pem), TOKEN), pool=pool)
     assert not client.keep_alive
     try:
@@ -409,7 +394,7 @@ async def test_beyond_the_kept_alive_limit_sessions_are_resumed(ca_node, test_pk
         await client.sync()
     finally:
         await pool.close()
-    assert len(created) == 4  # a connection per request
+    assert pool.connections_made == 4  # a connection per request
     assert (client.context.handshakes, client.context.resumed) == (4, 3)  # full, then resumed
     # one slot per agent address, however many clients talk to it
     pool = Pool(max_kept_alive=1)
