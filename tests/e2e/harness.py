@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import shutil
@@ -427,7 +428,8 @@ class AgentClient:
             await asyncio.sleep(1)
 
 
-PROBE_EVERY = 0.5  # seconds between the starts of two probes
+PROBE_EVERY = 0.5  # seconds between the starts of two probes once the banner is out
+PROBE_BEFORE_BANNER = 5.0  # ... and before (the agent cannot answer yet; see below)
 
 
 async def wait_for_agent(vm: VM, client: AgentClient, timeout: float = BOOT_TIMEOUT) -> float:
@@ -436,24 +438,29 @@ async def wait_for_agent(vm: VM, client: AgentClient, timeout: float = BOOT_TIME
     A probe starts every PROBE_EVERY s whether or not the earlier ones have finished: a
     connection made before the guest has its address hangs in slirp until the client's
     connect timeout (5 s), and waiting for it would add up to that much to the figure.
+    Until the agent's banner (printed once it listens) is on the console, probes start
+    only every PROBE_BEFORE_BANNER s: they cannot succeed yet, and the ones hung in slirp
+    would all reach the agent at once when the guest gets its address, making it do
+    their handshakes before the one that counts.
     """
     deadline = vm.started_at + timeout
     last: BaseException | None = None
     probes: set[asyncio.Task[tuple[int, Any]]] = set()
-    next_probe = time.monotonic()
+    last_probe = -math.inf
     try:
         while time.monotonic() < deadline:
             if vm.exited():
                 raise HarnessError(f"QEMU exited while booting; console tail:\n{vm.tail()}")
-            now = time.monotonic()
-            if now >= next_probe:
+            banner = vm.since_start("agent") is not None
+            if time.monotonic() - last_probe >= (PROBE_EVERY if banner else PROBE_BEFORE_BANNER):
                 probes.add(asyncio.create_task(client.get_json("/v1/status")))
-                next_probe = now + PROBE_EVERY
+                last_probe = time.monotonic()
             if not probes:
-                await asyncio.sleep(max(0.01, next_probe - now))
+                await asyncio.sleep(0.1)
                 continue
+            # 0.1 s: also notices the banner (the console watcher looks every 50 ms).
             done, probes = await asyncio.wait(
-                probes, timeout=max(0.01, next_probe - now), return_when=asyncio.FIRST_COMPLETED
+                probes, timeout=0.1, return_when=asyncio.FIRST_COMPLETED
             )
             for probe in done:
                 error = probe.exception()
