@@ -252,7 +252,7 @@ def make_pki(workdir: Path, count: int) -> None:
     import ipaddress
 
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
@@ -261,7 +261,7 @@ def make_pki(workdir: Path, count: int) -> None:
     pki.init_ca(workdir / "ca")
     ca, ca_key, _pem = pki.load_ca(workdir / "ca")
     shutil.copy(workdir / "ca" / "ca.pem", workdir / "ca.pem")
-    key = ec.generate_private_key(ec.SECP384R1())
+    key = ec.generate_private_key(pki.CURVE())
     (workdir / "node-key.pem").write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -288,7 +288,7 @@ def make_pki(workdir: Path, count: int) -> None:
                 x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address(i)))]),
                 critical=False,
             )
-            .sign(ca_key, hashes.SHA384())
+            .sign(ca_key, pki.signature_hash(ca_key))
         )
         path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 

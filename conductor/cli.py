@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     pki_parser = commands.add_parser("pki", help="certificates and per-node secrets")
     actions = pki_parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
 
-    init = actions.add_parser("init", help="create a CA (EC P-384) in DIR")
+    init = actions.add_parser("init", help="create a CA (EC P-256) in DIR")
     init.add_argument("dir", type=Path, metavar="DIR")
     init.add_argument("--name", default="Tacet CA", help="CA common name (default: %(default)s)")
     init.add_argument("--days", type=int, default=3650, help="validity (default: %(default)s)")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -112,7 +112,7 @@ def test_init_ca_shape_and_modes(tmp_path: Path) -> None:
     assert cert.issuer == cert.subject
     public = cert.public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey)
-    assert isinstance(public.curve, ec.SECP384R1)
+    assert isinstance(public.curve, ec.SECP256R1)
     verify_signed_by(cert, cert)
 
     constraints = ext(cert, x509.BasicConstraints)
@@ -158,7 +158,7 @@ def test_client_certificate_shape(ca_dir: Path, tmp_path: Path) -> None:
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "conductor-1"
     public = cert.public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey)
-    assert isinstance(public.curve, ec.SECP384R1)
+    assert isinstance(public.curve, ec.SECP256R1)
     constraints = ext(cert, x509.BasicConstraints)
     assert constraints.critical and not constraints.value.ca
     assert list(ext(cert, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -179,6 +179,33 @@ def test_client_certificate_shape(ca_dir: Path, tmp_path: Path) -> None:
     assert issued.cert_path.read_bytes() == issued.cert_pem
 
 
+def test_new_keys_are_p256_with_sha256(ca_dir: Path) -> None:
+    ca = load(ca_dir / "ca.pem")
+    assert isinstance(ca.signature_hash_algorithm, hashes.SHA256)
+    issued = pki.issue_client(ca_dir, "conductor-256")
+    leaf = load(issued.cert_path)
+    assert isinstance(leaf.signature_hash_algorithm, hashes.SHA256)
+    public = leaf.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    assert isinstance(public.curve, ec.SECP256R1)
+
+
+def test_a_p384_ca_of_an_earlier_version_still_issues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pki, "CURVE", ec.SECP384R1)
+    pki.init_ca(tmp_path / "old")
+    monkeypatch.undo()
+    ca = load(tmp_path / "old" / "ca.pem")
+    assert isinstance(ca.signature_hash_algorithm, hashes.SHA384)
+    leaf = load(pki.issue_client(tmp_path / "old", "conductor-1").cert_path)
+    assert isinstance(leaf.signature_hash_algorithm, hashes.SHA384)  # the CA's strength
+    leaf.verify_directly_issued_by(ca)
+    public = leaf.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    assert isinstance(public.curve, ec.SECP256R1)
+
+
 def test_leaf_does_not_outlive_the_ca(tmp_path: Path) -> None:
     directory = tmp_path / "pki"
     pki.init_ca(directory, days=10)
@@ -197,7 +224,7 @@ def test_node_bundle_shape(ca_dir: Path) -> None:
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "node-7"
     public = cert.public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey)
-    assert isinstance(public.curve, ec.SECP384R1)
+    assert isinstance(public.curve, ec.SECP256R1)
     assert not ext(cert, x509.BasicConstraints).value.ca
     assert list(ext(cert, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH]
     san = ext(cert, x509.SubjectAlternativeName).value
