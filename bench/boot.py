@@ -30,8 +30,8 @@ from tests.e2e.harness import (
     ImageServer,
     Ramdisk,
     Shape,
+    boot_and_wait,
     build_image,
-    wait_for_agent,
 )
 
 NODE = "bench-node"
@@ -122,10 +122,10 @@ def main() -> None:
                     boot_over=args.boot_over,
                 )
                 vm.guestfwds[(IMAGE_HOST, 80)] = server.port
-                vm.start()
                 try:
-                    client = AgentClient(vm.host_port, context, server_hostname=NODE)
-                    seconds = asyncio.run(wait_for_agent(vm, client))
+                    client, seconds = boot_and_wait(
+                        vm, lambda port: AgentClient(port, context, server_hostname=NODE)
+                    )
                     answers.append(seconds)
                     ipxe, linux = vm.since_start("ipxe"), vm.since_start("linux")
                     line = f"boot {n + 1}: QEMU start -> first TLS answer {seconds:.1f} s"

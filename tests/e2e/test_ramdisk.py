@@ -40,6 +40,7 @@ from .harness import (
     Ramdisk,
     Shape,
     binding_ok,
+    boot_and_wait,
     build_image,
     fingerprint,
     free_port,
@@ -47,7 +48,6 @@ from .harness import (
     mbr_partitions,
     read_file_from_ext4,
     report,
-    wait_for_agent,
 )
 
 pytestmark = pytest.mark.e2e
@@ -97,13 +97,7 @@ class Booted:
 
 def boot(vm: VM, client_for: Any) -> Booted:
     """Start the guest and wait for the agent; the guest is stopped if that fails."""
-    vm.start()
-    try:
-        client = client_for(vm.host_port)
-        seconds = asyncio.run(wait_for_agent(vm, client))
-    except BaseException:
-        vm.stop()
-        raise
+    client, seconds = boot_and_wait(vm, client_for)
     report(f"{vm.shape.name}: QEMU start -> first TLS answer", f"{seconds:.1f} s")
     ipxe = vm.since_start("ipxe")
     if ipxe is not None:
