@@ -17,7 +17,17 @@ class PowerBackend(Protocol):
 
 
 class SystemPower:
-    """systemd when it runs, else the classic tools; the kernel syncs on the way down."""
+    """systemd when it runs, else the classic tools; the kernel syncs on the way down.
+
+    The action starts DELAY s after the command returns: ``systemctl poweroff`` makes
+    systemd stop the agent at once, and the conductor's request (``?wait=true``) would
+    otherwise lose its answer in that race. The command fails at once if no tool exists.
+    """
+
+    DELAY = 1.0
+
+    def __init__(self) -> None:
+        self.pending: asyncio.Task[None] | None = None
 
     async def _run(self, *candidates: list[str]) -> None:
         for argv in candidates:
@@ -26,13 +36,23 @@ class SystemPower:
                 process = await asyncio.create_subprocess_exec(*argv)
                 if await process.wait() == 0:
                     return
-        raise RuntimeError(f"no way to power the machine: tried {candidates}")
+        LOG.error("power: no way to power the machine: tried %s", candidates)
+
+    def _schedule(self, *candidates: list[str]) -> None:
+        if not any(shutil.which(argv[0]) for argv in candidates):
+            raise RuntimeError(f"no way to power the machine: tried {candidates}")
+
+        async def later() -> None:
+            await asyncio.sleep(self.DELAY)
+            await self._run(*candidates)
+
+        self.pending = asyncio.create_task(later())
 
     async def power_off(self) -> None:
-        await self._run(["systemctl", "poweroff"], ["poweroff", "-f"])
+        self._schedule(["systemctl", "poweroff"], ["poweroff", "-f"])
 
     async def reboot(self) -> None:
-        await self._run(["systemctl", "reboot"], ["reboot", "-f"])
+        self._schedule(["systemctl", "reboot"], ["reboot", "-f"])
 
 
 class RecordingPower:
