@@ -352,6 +352,11 @@ def tune_gc_for_polling(
     return True
 
 
+def printable_token(token: str) -> bool:
+    """Whether ``token`` can go into an HTTP header as it is (printable ASCII)."""
+    return token.isascii() and token.isprintable()
+
+
 class BadHttp(Exception):
     """The bytes from the agent are not an HTTP/1.1 response we can read."""
 
@@ -682,7 +687,7 @@ class AgentClient:
         self.seen_fingerprint: str | None = None  # colon hex, as the agent prints it
         self.keep_alive = self.pool.keep_alive_slot(self.address)
         token = self.options.token
-        if token is not None and (not token.isascii() or not token.isprintable()):
+        if token is not None and not printable_token(token):
             raise ValueError("the token must be printable ASCII")
         self._authorization = f"Authorization: Bearer {token}\r\n"
 

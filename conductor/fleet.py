@@ -39,6 +39,7 @@ from .client import (
     macs,
     parse_address,
     parse_pin,
+    printable_token,
 )
 
 LOG = logging.getLogger(__name__)
@@ -208,6 +209,8 @@ def _node(raw: dict[str, Any], base: Path, index: int) -> NodeSpec:
             raise FleetError(f"{where}: token_file: {exc.strerror}") from None
     if token is not None and (not isinstance(token, str) or not token):
         raise FleetError(f"{where}: token must be a non-empty string")
+    if token is not None and not printable_token(token):
+        raise FleetError(f"{where}: token must be printable ASCII")
     try:
         trust = Trust(
             cafile=_path(base, raw["cafile"], f"{where}: cafile") if "cafile" in raw else None,

@@ -256,6 +256,7 @@ async def test_resume_after_interruption(ca_nodes, test_pki, image_server, tmp_p
         ({"claim": True}, "claim makes a fresh token"),
         ({"method": "dd"}, "method must be one of"),
         ({"address": "h:0"}, "port must be 1-65535"),
+        ({"token": "tab\there"}, "token must be printable ASCII"),
     ],
 )
 def test_fleet_file_errors(test_pki, change, message):
