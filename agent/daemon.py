@@ -34,8 +34,8 @@ UDEV_POLL = 0.5
 def notify_systemd(state: str, environ: dict[str, str] | None = None) -> bool:
     """Tell systemd (``Type=notify``) about ``state``, e.g. ``READY=1``; False outside it.
 
-    The ramdisk orders what can wait (DNS resolver, D-Bus) after the agent is ready, so
-    that under emulation they do not compete with its start for the CPU.
+    The ramdisk orders what can wait (systemd-resolved) after the agent is ready, so that
+    under emulation it does not compete with the agent's start for the CPU.
     """
     address = (environ if environ is not None else os.environ).get("NOTIFY_SOCKET", "")
     if not address or address[0] not in "/@":
