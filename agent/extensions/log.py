@@ -8,7 +8,6 @@ import io
 import logging
 import shutil
 import subprocess
-import tarfile
 import time
 from collections import deque
 from pathlib import Path
@@ -79,6 +78,8 @@ def collect_archive(commands: dict[str, list[str]] | None = None) -> bytes:
         except OSError:
             continue
     files["tacet-agent.log"] = _tail("\n".join(AGENT_LOG.records).encode() + b"\n")
+    import tarfile  # only when logs are collected (it pulls in bz2, lzma, ...)
+
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         for name, data in files.items():
