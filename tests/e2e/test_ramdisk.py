@@ -8,8 +8,11 @@ The figures (boot to first answer, image write) are printed as ``e2e figure:`` l
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import socket
 import ssl
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -238,6 +241,18 @@ async def test_passive_provisioning(passive: Passive, tmp_path: Path):
     }
     status, result = await client.command("poll.set_node_info", {"node_info": node_info})
     assert status == 200 and result["command_status"] == "SUCCEEDED", result
+    # The operator's log bundle: iproute2 runs (its wrapper gives it the libbpf that the
+    # image keeps out of systemd's way) and shows the VM's NIC.
+    status, result = await client.command("log.collect_system_logs")
+    if status == 200 and result["command_status"] == "RUNNING":
+        result = await client.wait_command(result["id"], 120)
+    assert status == 200 and result["command_status"] == "SUCCEEDED", result
+    archive = base64.b64decode(result["command_result"]["system_logs"])
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        member = tar.extractfile("ip-addr.txt")
+        assert member is not None
+        ip_addr = member.read().decode()
+    assert VIRTIO.mac.lower() in ip_addr and "--- stderr ---" not in ip_addr, ip_addr
     # Write the image, downloaded from the host through guestfwd.
     image_info = {
         "id": "e2e-image",
