@@ -54,6 +54,32 @@ async def first_inventory(client: AgentClient, disk_serial: str, started_at: flo
         await asyncio.sleep(0.2)
 
 
+def host_probe_ms() -> float:
+    """A fixed CPU-bound loop on the host, in ms: how fast the (shared) host runs now.
+
+    TCG turns host speed straight into guest speed; on a shared machine the same image
+    boots seconds apart from one hour to the next. Printed with each boot so figures from
+    different sessions can be compared.
+    """
+    started = time.perf_counter()
+    total = 0
+    for i in range(2_000_000):
+        total += i
+    return (time.perf_counter() - started) * 1000
+
+
+def cpu_ticks() -> list[int]:
+    """The host's /proc/stat CPU line (user, nice, system, idle, iowait, irq, softirq, steal)."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:9]]
+
+
+def steal_percent(before: list[int], after: list[int]) -> float:
+    """Share of the host's CPU time its hypervisor gave to others between two samples."""
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    return 100 * delta[7] / max(1, sum(delta))
+
+
 async def write_image(client: AgentClient, url: str, sha256: str) -> float:
     info = {
         "id": "bench",
@@ -114,6 +140,7 @@ def main() -> None:
         from_ipxe: list[float] = []
         to_kernel: list[float] = []
         rates: list[float] = []
+        probes: list[float] = []
         secrets = bundle.cpio()
         if args.modules_load:
             conf = "\n".join(args.modules_load.split()) + "\n"
@@ -140,10 +167,13 @@ def main() -> None:
                     boot_over=args.boot_over,
                 )
                 vm.guestfwds[(IMAGE_HOST, 80)] = server.port
+                probes.append(host_probe_ms())
+                ticks = cpu_ticks()
                 try:
                     client, seconds = boot_and_wait(
                         vm, lambda port: AgentClient(port, context, server_hostname=NODE)
                     )
+                    steal = steal_percent(ticks, cpu_ticks())
                     answers.append(seconds)
                     ipxe, linux = vm.since_start("ipxe"), vm.since_start("linux")
                     line = f"boot {n + 1}: QEMU start -> first TLS answer {seconds:.1f} s"
@@ -160,6 +190,7 @@ def main() -> None:
                     )
                     line += f"; inventory with the disk's serial at {inventories[-1]:.1f} s"
                     print(line, flush=True)
+                    print(f"  host: probe {probes[-1]:.0f} ms before the boot, steal {steal:.0f}%")
                     steps = sorted((at - vm.started_at, name) for name, at in vm.milestones.items())
                     print("  console: " + ", ".join(f"{name} {t:.1f}" for t, name in steps))
                     if n == 0 and args.image_mib > 0:
@@ -184,6 +215,11 @@ def main() -> None:
                 f"{label}: median {statistics.median(values):.1f} s over {len(values)} boots"
                 f" (min {min(values):.1f}, max {max(values):.1f}; boot over {args.boot_over})"
             )
+    if probes:
+        print(
+            f"host probe (lower is faster): median {statistics.median(probes):.0f} ms"
+            f" (min {min(probes):.0f}, max {max(probes):.0f})"
+        )
 
 
 if __name__ == "__main__":
