@@ -10,6 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
+from wire.protocol import UNAUTHENTICATED_COMMANDS
+from wire.protocol import fault as wire_fault
+
 from .commands import CommandError, CommandResult
 from .core import Agent
 
@@ -17,17 +20,12 @@ LOG = logging.getLogger(__name__)
 AGENT_KEY = web.AppKey("agent", Agent)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Before any token exists only these commands are served (PROTOCOL/ARCHITECTURE trust model).
-UNAUTHENTICATED_COMMANDS = frozenset(
-    {"poll.get_hardware_info", "poll.set_node_info", "poll.node_info"}
-)
 TOKEN_INVALID = "401 Unauthorized: Token invalid."
 
 
 def fault(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     """ironic's error body; it crashes on an error without ``faultstring``."""
-    body = {"faultcode": "Server" if status >= 500 else "Client", "faultstring": message}
-    return web.json_response(body, status=status, headers=headers)
+    return web.json_response(wire_fault(status, message), status=status, headers=headers)
 
 
 def peer(request: web.Request) -> str:

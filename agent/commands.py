@@ -19,12 +19,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-LOG = logging.getLogger(__name__)
+from wire.protocol import CLEAN_VERSION_MISMATCH, FAILED, RUNNING, SUCCEEDED
+from wire.protocol import command_error as error_shape
 
-RUNNING = "RUNNING"
-SUCCEEDED = "SUCCEEDED"
-FAILED = "FAILED"
-CLEAN_VERSION_MISMATCH = "CLEAN_VERSION_MISMATCH"
+LOG = logging.getLogger(__name__)
+__all__ = ["CLEAN_VERSION_MISMATCH", "FAILED", "RUNNING", "SUCCEEDED"]
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -42,12 +41,7 @@ class CommandError(Exception):
             self.code = code
 
     def serialize(self) -> dict[str, Any]:
-        return {
-            "type": type(self).__name__,
-            "code": self.code,
-            "message": self.message,
-            "details": self.details,
-        }
+        return error_shape(type(self).__name__, self.code, self.message, self.details)
 
 
 class InvalidCommandError(CommandError):
@@ -79,12 +73,12 @@ class AgentIsBusy(CommandError):
 def error_from_exception(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, CommandError):
         return exc.serialize()
-    return {
-        "type": type(exc).__name__,
-        "code": 500,
-        "message": str(exc) or type(exc).__name__,
-        "details": "".join(traceback.format_exception_only(type(exc), exc)).strip(),
-    }
+    return error_shape(
+        type(exc).__name__,
+        500,
+        str(exc) or type(exc).__name__,
+        "".join(traceback.format_exception_only(type(exc), exc)).strip(),
+    )
 
 
 @dataclass(frozen=True)

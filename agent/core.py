@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import hmac
 import logging
 import ssl
 import time
 from typing import Any
+
+from wire.binding import BINDING_VERSION, binding_hmac, token_digest
+from wire.certs import spki_sha256
 
 from . import __version__
 from .commands import CommandResult, Executor, Registry
@@ -17,14 +19,10 @@ from .guard import Guard
 from .inventory_cache import InventoryCache
 from .power import PowerBackend
 from .state import StateStore
-from .tls import Identity, spki_der
+from .tls import Identity
 
 LOG = logging.getLogger(__name__)
 MASK = "******"
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Agent:
@@ -152,20 +150,6 @@ class Agent:
     def _async_done(self, result: CommandResult) -> None:
         for callback in self.async_done_callbacks:
             callback(result)
-
-
-BINDING_VERSION = 1
-BINDING_LABEL = "tacet-binding-v1:"
-
-
-def spki_sha256(cert_pem: str) -> str:
-    """Lower-case hex SHA-256 of the certificate's DER SubjectPublicKeyInfo."""
-    return hashlib.sha256(spki_der(ssl.PEM_cert_to_DER_cert(cert_pem))).hexdigest()
-
-
-def binding_hmac(token: str, spki_hex: str) -> str:
-    message = (BINDING_LABEL + spki_hex).encode("ascii")
-    return hmac.new(token.encode("utf-8"), message, hashlib.sha256).hexdigest()
 
 
 def masked(node_info: dict[str, Any]) -> dict[str, Any]:

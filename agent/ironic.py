@@ -16,10 +16,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from wire.tls import client_context
+
 from . import __version__
 from .commands import CommandResult
 from .core import Agent
-from .tls import client_context
 
 LOG = logging.getLogger(__name__)
 

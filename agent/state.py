@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .tls import write_private
+from wire.files import write_private
 
 LOG = logging.getLogger(__name__)
 STATE_FILE = "state.json"

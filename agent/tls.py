@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import ipaddress
 import json
 import os
 import re
 import socket
 import ssl
-import threading
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from wire.certs import fingerprint
+from wire.files import write_private
+from wire.tls import apply_policy
 
 GENERATED_CERT = "agent-cert.pem"
 GENERATED_KEY = "agent-key.pem"
@@ -47,52 +48,6 @@ class Identity:
     generated: bool
 
 
-def fingerprint(cert_pem: str) -> str:
-    der = ssl.PEM_cert_to_DER_cert(cert_pem)
-    digest = hashlib.sha256(der).hexdigest().upper()
-    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
-
-
-def _der_element(data: bytes, offset: int) -> tuple[int, int, int]:
-    """(tag, start of content, end of element) of the DER element at ``offset``."""
-    tag = data[offset]
-    length = data[offset + 1]
-    start = offset + 2
-    if length & 0x80:
-        count = length & 0x7F
-        if not 1 <= count <= 4:
-            raise ValueError("unsupported DER length")
-        length = int.from_bytes(data[start : start + count], "big")
-        start += count
-    end = start + length
-    if end > len(data):
-        raise ValueError("truncated DER")
-    return tag, start, end
-
-
-def spki_der(cert_der: bytes) -> bytes:
-    """The DER SubjectPublicKeyInfo of an X.509 certificate, found by walking its DER.
-
-    Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL,
-    serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, ... } ... }.
-    A few lines instead of importing an X.509 library on the agent's start path.
-    """
-    tag, start, _end = _der_element(cert_der, 0)
-    if tag != 0x30:
-        raise ValueError("not a certificate")
-    tag, offset, _tbs_end = _der_element(cert_der, start)
-    if tag != 0x30:
-        raise ValueError("not a certificate")
-    if cert_der[offset] == 0xA0:  # explicit version
-        offset = _der_element(cert_der, offset)[2]
-    for _field in range(5):  # serial, signature algorithm, issuer, validity, subject
-        offset = _der_element(cert_der, offset)[2]
-    tag, _start, end = _der_element(cert_der, offset)
-    if tag != 0x30:
-        raise ValueError("malformed certificate")
-    return cert_der[offset:end]
-
-
 def generate_certificate(
     hostname: str, addresses: Iterable[IPAddress], now: datetime.datetime | None = None
 ) -> tuple[bytes, bytes]:
@@ -113,12 +68,12 @@ def generate_certificate(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + VALIDITY)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(a) for a in sorted(set(addresses), key=str)]
-            ),
-            critical=True,
-        )
+    )
+    ips: list[x509.GeneralName] = [x509.IPAddress(a) for a in sorted(set(addresses), key=str)]
+    # A SAN extension may not be empty: with no address (tests), name the host instead.
+    builder = builder.add_extension(
+        x509.SubjectAlternativeName(ips or [x509.DNSName(hostname[:64] or "tacet")]),
+        critical=True,
     )
     cert = builder.sign(key, hashes.SHA512())
     return (
@@ -202,18 +157,6 @@ def _store_facts(
     write_private(cert_path.parent / GENERATED_FACTS, json.dumps(facts).encode())
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file atomically, mode 0600 from the first byte."""
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-
-
 def load_identity(
     state_dir: Path,
     addresses: Iterable[IPAddress],
@@ -240,199 +183,18 @@ def load_identity(
     return Identity(cert_path, key_path, pem, fingerprint(pem), generated=True)
 
 
-def _minimum(version: str) -> ssl.TLSVersion:
-    return ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
-
-
 def server_context(
     identity: Identity, min_version: str = "1.2", client_ca: Path | None = None
 ) -> ssl.SSLContext:
     """The listener's context; with ``client_ca`` the handshake demands a client certificate
     chained to it (mutual TLS)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = _minimum(min_version)
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    apply_policy(context, min_version)
+    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     context.load_cert_chain(identity.cert_path, identity.key_path)
     if client_ca is not None:
         context.load_verify_locations(cafile=str(client_ca))
         context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-def client_context(
-    cafile: Path | str | None = None,
-    cadata: str | None = None,
-    insecure: bool = False,
-    min_version: str = "1.2",
-) -> ssl.SSLContext:
-    """Context for talking to other parties (ironic API, tests). Verification is on
-    unless ``insecure`` (ironic's ``ipa-insecure``) is explicitly set."""
-    context = ssl.create_default_context(cafile=str(cafile) if cafile else None, cadata=cadata)
-    context.minimum_version = _minimum(min_version)
-    if insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-class _RememberingSSLObject(ssl.SSLObject):
-    """Hands its TLS session to its context once the first data arrives (TLS 1.3 sends
-    the session ticket right after the handshake, before any answer)."""
-
-    _tacet_context: ResumingContext | None = None
-    _tacet_key: str | None = None
-
-    def read(self, len: int = 1024, buffer: Any = None) -> Any:
-        data = super().read(len, buffer)
-        context = self._tacet_context
-        if context is not None and data:
-            self._tacet_context = None  # once per connection: the getter is not free
-            context._connected(self)
-        return data
-
-
-class ResumingContext(ssl.SSLContext):
-    """A client context that offers each server the TLS session it last got from it.
-
-    asyncio's SSL transport has no ``session`` argument, so each connection's session is
-    remembered by server name (when its first data arrives) and handed to ``wrap_bio``
-    for the next connection to that name: a reconnect costs an abbreviated handshake.
-    """
-
-    def __init__(self, protocol: int = ssl.PROTOCOL_TLS_CLIENT) -> None:
-        super().__init__()  # the protocol is taken by SSLContext.__new__
-        self.sslobject_class = _RememberingSSLObject
-        self._sessions: dict[str, ssl.SSLSession] = {}
-        self.handshakes = 0
-        self.resumed = 0
-
-    def wrap_bio(
-        self,
-        incoming: ssl.MemoryBIO,
-        outgoing: ssl.MemoryBIO,
-        server_side: bool = False,
-        server_hostname: str | bytes | None = None,
-        session: ssl.SSLSession | None = None,
-    ) -> ssl.SSLObject:
-        key = server_hostname.decode() if isinstance(server_hostname, bytes) else server_hostname
-        if key is not None and session is None and not server_side:
-            session = self._sessions.get(key)
-        try:
-            obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
-        except ValueError:  # a session from another context or an expired one
-            obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname)
-        if key is not None and not server_side and isinstance(obj, _RememberingSSLObject):
-            obj._tacet_context, obj._tacet_key = self, key
-        return obj
-
-    def _connected(self, obj: _RememberingSSLObject) -> None:
-        self.handshakes += 1
-        if obj.session_reused:
-            self.resumed += 1
-            if obj._tacet_key in self._sessions:
-                # Keep offering the session we hold: reading it again here costs a copy
-                # and, with OpenSSL 3.0 and CPython 3.11, leaked about 6 KiB per resumed
-                # connection (measured). A rejected ticket means a full handshake, and
-                # then the new session is taken below.
-                return
-        session = obj.session
-        if session is not None and obj._tacet_key is not None:
-            self._sessions[obj._tacet_key] = session
-
-    def sessions_known(self) -> int:
-        return len(self._sessions)
-
-
-CONDUCTOR_READ_BUFFER = 16 * 1024 + 512
-
-
-_read_buffers = threading.local()  # one per thread: each event loop runs in one thread
-
-
-def _shared_read_buffer(size: int) -> memoryview:
-    view: memoryview | None = getattr(_read_buffers, "view", None)
-    if view is None or len(view) < size:
-        view = memoryview(bytearray(size))
-        _read_buffers.view = view
-    return view
-
-
-def limit_tls_read_buffer(size: int = CONDUCTOR_READ_BUFFER) -> None:
-    """Make asyncio's TLS connections read through one shared ``size``-byte buffer.
-
-    asyncio's SSLProtocol zero-fills a ``max_size`` (256 KiB) bytearray per connection:
-    a conductor keeping 5,000 agents alive would hold 1.25 GiB in read buffers alone.
-    Agent answers are small, so a few TLS records per read is plenty. The buffer is
-    only a landing place: ``buffer_updated`` copies what ``recv_into`` put there into
-    the connection's own TLS input in the same callback, with no await in between, so
-    all connections of a thread can share one (at 1,000 kept-alive connections that is
-    16 MiB less). Process-wide; the conductor calls it (the agent, serving one
-    conductor, keeps asyncio's default).
-    """
-    import asyncio.sslproto
-
-    protocol: Any = asyncio.sslproto.SSLProtocol
-    protocol.max_size = size
-    if getattr(protocol, "_tacet_shared_buffer", False):
-        return
-    original = protocol.__init__
-
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        self._ssl_buffer_view = _shared_read_buffer(self.max_size)
-        self._ssl_buffer = self._ssl_buffer_view.obj
-
-    protocol.__init__ = __init__
-    protocol._tacet_shared_buffer = True
-
-
-def conductor_context(
-    *,
-    cafile: Path | str | None = None,
-    cadata: str | None = None,
-    certfile: Path | str | None = None,
-    keyfile: Path | str | None = None,
-    check_hostname: bool = True,
-    min_version: str = "1.2",
-) -> ResumingContext:
-    """The conductor's context for talking to agents: always verifying.
-
-    ``cafile`` is a CA (or an agent's own certificate); ``cadata`` is one pinned agent
-    certificate. A pinned certificate is its own trust anchor (partial chain), so it
-    may be a leaf issued by a CA, and the name check is skipped only then: the pin
-    identifies the server, not its address. The client certificate is optional.
-    """
-    if cafile is None and cadata is None:
-        raise ValueError("a conductor context needs a CA or a pinned certificate")
-    context = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = _minimum(min_version)
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.load_verify_locations(cafile=str(cafile) if cafile else None, cadata=cadata)
-    if cadata is not None:
-        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-        context.check_hostname = False
-    else:
-        context.check_hostname = check_hostname
-    if certfile is not None:
-        context.load_cert_chain(str(certfile), str(keyfile) if keyfile else None)
-    return context
-
-
-def probe_context(
-    certfile: Path | str | None = None, keyfile: Path | str | None = None
-) -> ssl.SSLContext:
-    """Only for reading an agent's certificate before trusting it (pin, binding, TOFU).
-
-    It verifies nothing, so the conductor sends no secret over it: it compares the
-    certificate it saw with the pin (or checks the binding, or records it for TOFU) and
-    then talks to the agent only through ``conductor_context(cadata=<that certificate>)``.
-    """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if certfile is not None:  # an agent using mutual TLS refuses the handshake without it
-        context.load_cert_chain(str(certfile), str(keyfile) if keyfile else None)
     return context
 
 

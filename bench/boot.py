@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.tls import client_context
 from conductor import cpio, pki
 from tests.e2e.harness import (
     IMAGE_HOST,
@@ -33,6 +32,7 @@ from tests.e2e.harness import (
     boot_and_wait,
     build_image,
 )
+from wire.tls import client_context
 
 NODE = "bench-node"
 

@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from agent.tls import write_private
 from conductor import pki
+from wire.files import write_private
 
 from .client import (
     AgentClient,

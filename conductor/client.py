@@ -25,18 +25,13 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from agent.core import binding_hmac
-from agent.tls import (
-    conductor_context,
-    fingerprint,
-    limit_tls_read_buffer,
-    probe_context,
-    spki_der,
-)
+from wire.binding import binding_hmac
+from wire.certs import fingerprint, spki_der
+from wire.protocol import DEFAULT_PORT, RUNNING, SUCCEEDED
 
-DEFAULT_PORT = 9999
-RUNNING = "RUNNING"
-SUCCEEDED = "SUCCEEDED"
+from .tls import conductor_context, limit_tls_read_buffer, probe_context
+
+__all__ = ["DEFAULT_PORT", "RUNNING", "SUCCEEDED"]
 
 
 # -- errors ------------------------------------------------------------------------------

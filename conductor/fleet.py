@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.tls import write_private
+from wire.files import write_private
 
 from .client import (
     RUNNING,

@@ -33,8 +33,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.tls import fingerprint, write_private
 from conductor import cpio
+from wire.certs import fingerprint
+from wire.files import write_private
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca-key.pem"

@@ -25,7 +25,6 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
-from agent.tls import client_context
 from image.checksum import (
     ChecksumURL,
     ImageError,
@@ -34,6 +33,7 @@ from image.checksum import (
     parse_checksum_file,
 )
 from image.pipeline import Stage
+from wire.tls import client_context
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import pytest
 from agent.config import Config
 from agent.daemon import AgentServer
 from agent.power import RecordingPower
-from agent.tls import client_context
+from wire.tls import client_context
 
 TOKEN = "s3cr3t-token-for-tests"
 

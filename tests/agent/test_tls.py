@@ -24,14 +24,14 @@ from agent.tls import (
     GENERATED_CERT,
     GENERATED_KEY,
     Identity,
-    client_context,
-    fingerprint,
     generate_certificate,
     lazy_system_trust,
     load_identity,
     server_context,
-    write_private,
 )
+from wire.certs import fingerprint
+from wire.files import write_private
+from wire.tls import client_context
 
 UTC = datetime.UTC
 SLACK = datetime.timedelta(seconds=10)
@@ -441,8 +441,9 @@ def test_spki_walk_matches_cryptography_for_several_certificates(tmp_path):
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    from agent.tls import generate_certificate, spki_der
+    from agent.tls import generate_certificate
     from conductor import pki
+    from wire.certs import spki_der
 
     pems = [
         generate_certificate("a", [ipaddress.ip_address("127.0.0.1")])[0].decode(),
@@ -571,7 +572,7 @@ async def test_shared_read_buffer_keeps_connections_apart(identity: Identity) ->
     exactly their own bytes (answers several times the buffer, sent in pieces)."""
     import asyncio
 
-    from agent.tls import CONDUCTOR_READ_BUFFER, limit_tls_read_buffer
+    from conductor.tls import CONDUCTOR_READ_BUFFER, limit_tls_read_buffer
 
     limit_tls_read_buffer()
     size = 3 * CONDUCTOR_READ_BUFFER + 123

@@ -13,8 +13,9 @@ import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from agent.tls import client_context, generate_certificate
+from agent.tls import generate_certificate
 from tests.agent.conftest import TOKEN, start
+from wire.tls import client_context
 
 
 def independent_binding(token: str, cert_der: bytes) -> tuple[str, str]:

@@ -13,7 +13,7 @@ import tarfile
 import pytest
 from aiohttp import web
 
-from agent.tls import conductor_context, load_identity, server_context
+from agent.tls import load_identity, server_context
 from conductor.client import (
     AgentClient,
     Busy,
@@ -29,6 +29,7 @@ from conductor.client import (
     parse_address,
     parse_pin,
 )
+from conductor.tls import conductor_context
 from tests.conductor.conftest import IMAGE, TOKEN
 
 
@@ -348,7 +349,8 @@ async def test_one_kept_alive_connection_for_many_requests(ca_node, test_pki):
 
 async def test_resuming_context_offers_the_last_session(test_pki):
     """A reconnect to the same server resumes the TLS session (abbreviated handshake)."""
-    from agent.tls import Identity, fingerprint
+    from agent.tls import Identity
+    from wire.certs import fingerprint
 
     pem = test_pki.node_cert.read_text()
     identity = Identity(test_pki.node_cert, test_pki.node_key, pem, fingerprint(pem), False)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from agent.tls import Identity, fingerprint, server_context
+from agent.tls import Identity, server_context
 from conductor.client import (
     AgentClient,
     BadHttp,
@@ -22,6 +22,7 @@ from conductor.client import (
     Untrusted,
 )
 from tests.conductor.conftest import TOKEN
+from wire.certs import fingerprint
 
 STATUS = {"started_at": 1.0, "version": "t", "mode": "passive"}
 RESULT = {

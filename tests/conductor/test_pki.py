@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.tls import fingerprint
 from conductor import cli, cpio, pki
+from wire.certs import fingerprint
 
 CPIO = shutil.which("cpio")
 needs_cpio = pytest.mark.skipif(CPIO is None, reason="the cpio tool is not installed (tools/setup)")

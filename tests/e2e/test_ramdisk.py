@@ -22,9 +22,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent.tls import client_context
 from conductor import pki
 from tests.agent.test_active import LOOKUP_TOKEN, NODE_UUID, FakeIronic
+from wire.tls import client_context
 
 from .conftest import NODE
 from .harness import (

@@ -1,0 +1,7 @@
+"""What both sides of the wire share: the agent (``agent/``) and its conductors (``conductor/``).
+
+The protocol's constants and error shapes, certificate fingerprints and the SPKI walk,
+the token binding, the verifying client TLS policy and atomic private-file writing.
+This package imports neither side, so the conductor can be installed and imported
+without the agent, and ``image/`` can fetch over verified TLS without knowing either.
+"""
