@@ -1,4 +1,4 @@
-"""The HTTP API of PROTOCOL.md section 1: routes, error bodies, authentication middleware."""
+"""The HTTP API (docs/protocol.md, "Routes"): routes, error bodies, authentication middleware."""
 
 from __future__ import annotations
 

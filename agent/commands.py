@@ -1,7 +1,7 @@
 """Command registry and execution: ``<extension>.<command>`` to handlers, results, busy rule.
 
-The one place that maps command names to handlers. Results follow PROTOCOL.md
-section 1 exactly; any exception inside a handler becomes a ``command_error``, never
+The one place that maps command names to handlers. Results follow docs/protocol.md
+("Command results") exactly; any exception inside a handler becomes a ``command_error``, never
 an unserialisable object (IPA's defect).
 """
 

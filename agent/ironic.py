@@ -1,4 +1,4 @@
-"""Active mode only: look the node up in ironic's API, then heartbeat (PROTOCOL.md section 4).
+"""Active mode only: look the node up in ironic's API, then heartbeat (docs/protocol.md).
 
 Nothing in this module runs in passive mode (no ``ipa-api-url``).
 """

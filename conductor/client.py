@@ -103,7 +103,7 @@ class CommandFailed(AgentError):
 
 
 class ProtocolError(AgentError):
-    """The answer is not what PROTOCOL.md says (not JSON, missing keys, a redirect...)."""
+    """The answer is not what docs/protocol.md says (not JSON, missing keys, a redirect...)."""
 
     exit_code = 6
     kind = "protocol error"

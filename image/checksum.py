@@ -1,6 +1,6 @@
 """Which digest an image must have, and checking it while the bytes stream past.
 
-``image_info`` (PROTOCOL.md section 2) names the expected digest in one of three ways,
+``image_info`` (docs/protocol.md, "standby") names the expected digest in one of three ways,
 tried in this order:
 
 1. ``os_hash_algo`` + ``os_hash_value`` (sha256, sha384, sha512; md5 only when allowed);
