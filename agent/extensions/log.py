@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,6 @@ COMMANDS = {
     "ip-addr.txt": ["ip", "addr"],
     "ip-route.txt": ["ip", "route"],
     "lsblk.txt": ["lsblk", "--all", "--output", "NAME,SIZE,TYPE,FSTYPE,MOUNTPOINT,MODEL,SERIAL"],
-    "ps.txt": ["ps", "aux"],
 }
 LOG_FILES = ("/var/log/syslog", "/var/log/messages")
 
@@ -64,10 +64,84 @@ def _run(argv: list[str]) -> bytes:
     return done.stdout + (done.stderr and b"\n--- stderr ---\n" + done.stderr)
 
 
+# psutil's status names as the one-letter STAT of ``ps aux``.
+STATES = {
+    "running": "R",
+    "sleeping": "S",
+    "disk-sleep": "D",
+    "stopped": "T",
+    "tracing-stop": "t",
+    "zombie": "Z",
+    "dead": "X",
+    "idle": "I",
+    "parked": "P",
+    "waking": "W",
+    "wake-kill": "K",
+}
+PS_ATTRS = ["username", "pid", "cpu_times", "memory_info", "memory_percent", "status"]
+PS_ATTRS += ["create_time", "cmdline", "name"]
+
+
+@dataclass(frozen=True)
+class ProcessRow:
+    user: str
+    pid: int
+    cpu_percent: float  # CPU time over the process's lifetime, as ps computes %CPU
+    mem_percent: float
+    rss_kib: int
+    state: str
+    started: float  # Unix time
+    command: str
+
+
+def process_rows(now: float | None = None) -> list[ProcessRow]:
+    """Every process, read with psutil: the ramdisk has no ``ps`` to run."""
+    import psutil  # only when logs are collected: keeps it off the agent's start
+
+    now = time.time() if now is None else now
+    rows = []
+    for process in psutil.process_iter(PS_ATTRS, ad_value=None):
+        info = process.info
+        times, memory, started = info["cpu_times"], info["memory_info"], info["create_time"]
+        cpu = 0.0
+        if times is not None and started is not None and now > started:
+            cpu = 100.0 * (times.user + times.system) / (now - started)
+        command = " ".join(info["cmdline"] or ()) or f"[{info['name'] or '?'}]"
+        rows.append(
+            ProcessRow(
+                user=info["username"] or "?",
+                pid=info["pid"],
+                cpu_percent=cpu,
+                mem_percent=info["memory_percent"] or 0.0,
+                rss_kib=(memory.rss // 1024) if memory is not None else 0,
+                state=STATES.get(info["status"] or "", "?"),
+                started=started or 0.0,
+                command=command,
+            )
+        )
+    return sorted(rows, key=lambda row: row.pid)
+
+
+def format_process_table(rows: list[ProcessRow], now: float | None = None) -> str:
+    """A ``ps aux``-like table: the time of day for processes started today, else the date."""
+    today = time.localtime(time.time() if now is None else now)[:3]
+    lines = [f"{'USER':<12} {'PID':>7} {'%CPU':>5} {'%MEM':>5} {'RSS':>9} STAT START COMMAND"]
+    for row in rows:
+        started = time.localtime(row.started)
+        start = time.strftime("%H:%M" if started[:3] == today else "%b%d", started)
+        lines.append(
+            f"{row.user[:12]:<12} {row.pid:>7} {row.cpu_percent:>5.1f} {row.mem_percent:>5.1f} "
+            f"{row.rss_kib:>9} {row.state:<4} {start:<5} {row.command}"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def collect_archive(commands: dict[str, list[str]] | None = None) -> bytes:
+    """The log bundle; ``commands`` replaces the programs run (tests pass ``{}``)."""
     files: dict[str, bytes] = {}
-    for name, argv in (commands or COMMANDS).items():
+    for name, argv in (COMMANDS if commands is None else commands).items():
         files[name] = _tail(_run(argv))
+    files["ps.txt"] = _tail(format_process_table(process_rows()).encode())
     for path in LOG_FILES:
         try:
             with open(path, "rb") as handle:
