@@ -5,7 +5,7 @@
 Boots the ramdisk built by tools/build-ramdisk (or TACET_RAMDISK=/path/name) in QEMU
 (TCG) over iPXE exactly as tests/e2e does, N times, and writes one raw image of M MiB
 through the agent (standby.prepare_image, downloaded through guestfwd). Prints figures;
-asserts nothing. Run it alone (on the shared machines: under the heavy-job lock).
+asserts nothing. Run it alone on the machine: other load skews the figures.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def host_probe_ms() -> float:
 
     TCG turns host speed straight into guest speed; on a shared machine the same image
     boots seconds apart from one hour to the next. Printed with each boot so figures from
-    different sessions can be compared.
+    different runs can be compared.
     """
     started = time.perf_counter()
     total = 0

@@ -17,10 +17,11 @@ where a real agent has one to itself (``TACET_BENCH_AGENTS_DEFAULT_GC=1`` turns 
 (``PATH.status``, ``PATH.inventory``) and each worker's during the inventory sweeps
 (``PATH.agents<first>``).
 
-Targets (issue 6), for 1,000 agents: first sweep < 5 s, later sweeps < 0.5 s; poller
-memory < 200 MiB at 5,000 agents. Run it alone (2 cores are shared with the agents):
+Targets, for 1,000 agents: first sweep < 5 s, later sweeps < 0.5 s; poller memory
+< 200 MiB at 5,000 agents. Run it alone on the machine: other load skews the figures
+(the poller already shares the cores with the agents):
 
-    flock /work/coord/heavy.lock .venv/bin/python bench/fleet.py [--sizes 100,1000,5000]
+    .venv/bin/python bench/fleet.py [--sizes 100,1000,5000]
 """
 
 from __future__ import annotations

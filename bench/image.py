@@ -5,9 +5,10 @@ from 127.0.0.1 by aiohttp's FileResponse (sendfile) in its own process, and writ
 a loop device (``losetup --direct-io=on`` over a file; a plain file with --target file).
 Rounds alternate Tacet and the plain pipeline; medians are printed with the ratio
 (target >= 0.90) and CPU seconds per GiB of image (the writer's own process and its
-children; the server is not counted). Run it under the heavy lock:
+children; the server is not counted). Run it alone on the machine: other load skews
+the figures:
 
-    flock /work/coord/heavy.lock .venv/bin/python bench/image.py [--size-mib 2048] [--rounds 3]
+    .venv/bin/python bench/image.py [--size-mib 2048] [--rounds 3]
 """
 
 from __future__ import annotations

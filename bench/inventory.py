@@ -1,6 +1,6 @@
-"""Time a full inventory collection: live on this machine and replayed from each fixture.
+"""Time a full inventory collection: live on the machine it runs on and replayed from each fixture.
 
-Prints median and p99 in milliseconds. Target (issue 2): live median under 20 ms.
+Prints median and p99 in milliseconds. Target: live median under 20 ms.
 For scale it also times a bare pyudev + netifaces + psutil sweep, the floor any
 collector built on those libraries pays.
 

@@ -1,4 +1,4 @@
-"""Syncing, powering off and rebooting (provisioning commands come with the image issue)."""
+"""Syncing, powering off and rebooting, the image write, and the last image's partition UUIDs."""
 
 from __future__ import annotations
 

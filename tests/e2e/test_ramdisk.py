@@ -1,4 +1,4 @@
-"""The ramdisk, PXE-booted in QEMU, provisioned over its one TLS port (issue 7).
+"""The ramdisk, PXE-booted in QEMU, provisioned over its one TLS port.
 
 Each guest boots through iPXE from QEMU's option ROM with DHCP and TFTP from QEMU's
 user networking (``restrict=on``); the agent's port is forwarded to 127.0.0.1 only.
