@@ -120,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
         help="one step for a development setup: CA, a conductor certificate, one node bundle",
         description="init + issue-client conductor + node-bundle, with DIR/NODE.cpio as the"
         " initrd. The same files and modes as the three commands; for real fleets run them"
-        " one by one.",
+        " one by one. DIR/conductor.toml names the CA and the conductor certificate, so"
+        " agent commands need only --pki DIR.",
     )
     dev.add_argument("dir", type=Path, metavar="DIR")
     dev.add_argument("--node", default="node-1", metavar="NAME", help="default: %(default)s")
@@ -590,6 +591,8 @@ def _dev(args: argparse.Namespace) -> None:
     _node_bundle(
         _parser().parse_args(["pki", "node-bundle", *base, "--node", args.node, *ips, "-o", output])
     )
+    first = (args.ip or ["127.0.0.1"])[0]
+    print(f"next: start an agent from {output}, then: tacet status {first} --pki {args.dir}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -91,6 +91,7 @@ RUNS: dict[str, Run] = {
             "CA certificate: pki/ca.pem",
             "conductor profile: pki/conductor.toml now uses this client",
             "initrd: pki/node-1.cpio",
+            "then: tacet status 127.0.0.1 --pki pki",
         ),
     ),
     "conductor-commands": Run(
