@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,6 +33,7 @@ from .client import (
 )
 
 EXIT_ERROR = 2
+PKI_ENV = "TACET_PKI"
 EXIT_INTERRUPTED = 130
 EXIT_CODES = """exit status:
   0  success (provision: every node done)
@@ -44,10 +47,15 @@ EXIT_CODES = """exit status:
   130 interrupted (Ctrl-C)"""
 
 CONNECTION_HELP = """connection: HOST[:PORT] (default port 9999). Verify the agent one way:
+  --pki DIR                  what tacet pki made in DIR: its CA, the conductor's client
+                             certificate and, for commands that need one, the token of the
+                             node whose certificate names HOST (default: $TACET_PKI)
   --cafile CA.pem            a CA (name checked) or the agent's own certificate (pinned)
   --pin sha256:HEX           the SHA-256 of the agent's certificate (as printed on its console)
   --token/--token-file only  the token binding: the agent proves it holds the token
-  --trust-on-first-use       accept and print whatever certificate is served (explicit)"""
+  --trust-on-first-use       accept and print whatever certificate is served (explicit)
+Explicit --cafile/--pin/--trust-on-first-use, --cert/--key and --token/--token-file win
+over what --pki gives."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,8 +70,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="tacet",
         description="Tacet operator tools: talk to passive agents, provision a fleet, PKI.",
         epilog="examples:\n  tacet pki dev ./pki\n"
-        "  tacet status 127.0.0.1 --cafile pki/ca.pem\n"
-        "  tacet inventory 127.0.0.1 --cafile pki/ca.pem --token-file pki/nodes/node-1/token\n"
+        "  tacet status 127.0.0.1 --pki pki\n"
+        "  tacet inventory 127.0.0.1 --pki pki\n"
         "  tacet provision fleet.toml\n\n"
         "Run tacet COMMAND --help for each command's options.\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -112,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
         help="one step for a development setup: CA, a conductor certificate, one node bundle",
         description="init + issue-client conductor + node-bundle, with DIR/NODE.cpio as the"
         " initrd. The same files and modes as the three commands; for real fleets run them"
-        " one by one.",
+        " one by one. DIR/conductor.toml names the CA and the conductor certificate, so"
+        " agent commands need only --pki DIR.",
     )
     dev.add_argument("dir", type=Path, metavar="DIR")
     dev.add_argument("--node", default="node-1", metavar="NAME", help="default: %(default)s")
@@ -131,6 +140,14 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 def _connection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("host", metavar="HOST[:PORT]", help="the agent (default port 9999)")
     group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--pki",
+        type=Path,
+        metavar="DIR",
+        default=os.environ.get(PKI_ENV) or None,
+        help="use DIR/conductor.toml (CA, client certificate) and DIR's node tokens"
+        f" (default: ${PKI_ENV})",
+    )
     group.add_argument("--token", help="the agent token (prefer --token-file)")
     group.add_argument("--token-file", type=Path, metavar="FILE", help="file with the token")
     group.add_argument("--cafile", type=Path, metavar="FILE", help="CA or agent certificate")
@@ -146,88 +163,49 @@ def _connection(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--retries", type=int, default=3, help="on connection errors (%(default)s)")
 
 
+@dataclass(frozen=True)
+class Argument:
+    """One ``add_argument`` call, as data."""
+
+    flags: tuple[str, ...]
+    options: dict[str, Any]
+
+
+def argument(*flags: str, **options: Any) -> Argument:
+    return Argument(flags, options)
+
+
+@dataclass(frozen=True)
+class AgentCommand:
+    """A sub-command that talks to one agent: its parser and what it does, as data."""
+
+    name: str
+    help: str
+    examples: tuple[str, ...]
+    work: Callable[[AgentClient, argparse.Namespace], Awaitable[None]]
+    arguments: tuple[Argument, ...] = ()
+    needs_token: bool = True  # --pki then looks up the node's token
+
+
 def _agent_commands(commands: Any) -> None:
-    def add(name: str, help: str, examples: str, run: Callable[..., Any]) -> Any:
+    for command in AGENT_COMMANDS:
         parser = commands.add_parser(
-            name,
-            help=help,
-            description=f"{help[0].upper()}{help[1:]}.\n\n{CONNECTION_HELP}",
-            epilog=f"examples:\n{examples}\n\n{EXIT_CODES}",
+            command.name,
+            help=command.help,
+            description=f"{command.help[0].upper()}{command.help[1:]}.\n\n{CONNECTION_HELP}",
+            epilog="examples:\n"
+            + "\n".join(f"  {line}" for line in command.examples)
+            + f"\n\n{EXIT_CODES}",
             formatter_class=_Help,
         )
         _connection(parser)
-        parser.set_defaults(run=run)
-        return parser
+        for extra in command.arguments:
+            parser.add_argument(*extra.flags, **extra.options)
+        parser.set_defaults(run=_with_client(command.work), needs_token=command.needs_token)
+    _provision_command(commands)
 
-    status = add(
-        "status",
-        "show an agent's public status (version, mode, node, fingerprint, rejections)",
-        "  tacet status 10.0.0.5 --cafile pki/ca.pem\n"
-        "  tacet status 10.0.0.5 --pin sha256:3F1C... --json",
-        _status,
-    )
-    status.add_argument("--json", action="store_true", help="print the raw JSON")
 
-    inventory = add(
-        "inventory",
-        "show the hardware inventory as tables (system, NICs, disks)",
-        "  tacet inventory 10.0.0.5 --cafile pki/ca.pem --token-file pki/nodes/n1/token\n"
-        "  tacet inventory node-1 --token-file TOKEN --json > node-1.json",
-        _inventory,
-    )
-    inventory.add_argument("--json", action="store_true", help="print the raw inventory JSON")
-    inventory.add_argument("--refresh", action="store_true", help="collect it afresh")
-
-    node_info = add(
-        "node-info",
-        "give the agent its node_info (poll.set_node_info) from a JSON file",
-        "  tacet node-info 10.0.0.5 node.json --cafile pki/ca.pem --token-file TOKEN\n"
-        '  echo \'{"node": {"uuid": "..."}, "config": {}}\' | tacet node-info HOST - ...',
-        _node_info,
-    )
-    node_info.add_argument("file", metavar="FILE", help="JSON {node: ..., config: ...}; - = stdin")
-
-    deploy = add(
-        "deploy",
-        "write an image (deploy step write_image) and wait for it",
-        "  tacet deploy 10.0.0.5 --token-file TOKEN --cafile pki/ca.pem \\\n"
-        "      --image http://10.0.0.1/img/debian.raw --checksum sha256:9f86... --hint size=100",
-        _deploy,
-    )
-    deploy.add_argument("--image", required=True, metavar="URL")
-    deploy.add_argument("--checksum", required=True, metavar="ALGO:HEX", help="sha256 or sha512")
-    deploy.add_argument(
-        "--hint",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a root-device hint (repeatable), e.g. serial=S3Z1 or size='>= 100'",
-    )
-    deploy.add_argument("--interval", type=float, default=2.0, help="status poll interval, s")
-
-    commands_parser = add(
-        "commands",
-        "list the commands the agent ran, and their results",
-        "  tacet commands 10.0.0.5 --token-file TOKEN --cafile pki/ca.pem",
-        _commands,
-    )
-    commands_parser.add_argument("--json", action="store_true", help="print the raw JSON")
-
-    logs = add(
-        "logs",
-        "fetch the agent's log archive (tar.gz)",
-        "  tacet logs 10.0.0.5 --token-file TOKEN --cafile pki/ca.pem -o node-1-logs.tar.gz",
-        _logs,
-    )
-    logs.add_argument("-o", "--output", required=True, type=Path, metavar="FILE")
-
-    add(
-        "power-off",
-        "sync and power the machine off",
-        "  tacet power-off 10.0.0.5 --token-file TOKEN --cafile pki/ca.pem",
-        _power_off,
-    )
-
+def _provision_command(commands: Any) -> None:
     provision = commands.add_parser(
         "provision",
         help="run the passive flow for every node of a fleet file",
@@ -253,12 +231,23 @@ def _agent_commands(commands: Any) -> None:
     provision.set_defaults(run=_provision)
 
 
-def _options(args: argparse.Namespace) -> Options:
+def _options(args: argparse.Namespace, host: str) -> Options:
+    """The connection from the flags: explicit ones first, then what --pki gives; every
+    file is read and checked here, so a bad one is a one-line error naming it."""
+    cafile, cert, key, token_file = args.cafile, args.cert, args.key, args.token_file
+    if args.pki is not None:
+        profile = pki.load_profile(args.pki)
+        if cafile is None and args.pin is None and not args.trust_on_first_use:
+            cafile = profile.cafile
+        if cert is None and key is None:
+            cert, key = profile.cert, profile.key
+        if args.needs_token and args.token is None and token_file is None:
+            token_file = pki.node_token_file(args.pki, host)
     token = args.token
-    if args.token_file is not None:
-        if token:
-            raise pki.PkiError("give --token or --token-file, not both")
-        token = args.token_file.read_text().strip()
+    if args.token is not None and args.token_file is not None:
+        raise pki.PkiError("give --token or --token-file, not both")
+    if token_file is not None:
+        token = pki.read_token_file(token_file)
     if args.token:
         print(
             "tacet: warning: a token on the command line is visible to other users; "
@@ -269,9 +258,13 @@ def _options(args: argparse.Namespace) -> Options:
         pin = parse_pin(args.pin) if args.pin else None
     except ValueError as exc:
         raise pki.PkiError(str(exc)) from None
-    if (args.cert is None) != (args.key is None):
+    if (cert is None) != (key is None):
         raise pki.PkiError("--cert and --key go together")
-    trust = Trust(args.cafile, pin, args.trust_on_first_use, args.cert, args.key)
+    if cafile is not None:
+        pki.read_certificates(cafile)
+    if cert is not None and key is not None:
+        pki.check_client_pair(cert, key)
+    trust = Trust(cafile, pin, args.trust_on_first_use, cert, key)
     return Options(trust, token or None, timeout=args.timeout, retries=args.retries)
 
 
@@ -279,7 +272,13 @@ def _with_client(
     work: Callable[[AgentClient, argparse.Namespace], Awaitable[None]],
 ) -> Callable[[argparse.Namespace], None]:
     def run(args: argparse.Namespace) -> None:
-        options = _options(args)
+        from .fleet import agent_address
+
+        try:
+            host, _ = agent_address(args.host)
+        except ValueError as exc:
+            raise pki.PkiError(f"HOST: {exc}") from None
+        options = _options(args, host)
         try:
             client = AgentClient(args.host, options)
         except ValueError as exc:
@@ -338,7 +337,10 @@ async def _inventory_work(client: AgentClient, args: argparse.Namespace) -> None
 
 
 async def _node_info_work(client: AgentClient, args: argparse.Namespace) -> None:
-    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    except UnicodeDecodeError:
+        raise pki.PkiError(f"{args.file}: not UTF-8 text") from None
     try:
         node_info = json.loads(text)
     except ValueError as exc:
@@ -361,7 +363,7 @@ async def _deploy_work(client: AgentClient, args: argparse.Namespace) -> None:
     from .progress import interactive
 
     try:
-        image = image_spec(args.image, args.checksum)
+        image = image_spec(args.image, args.checksum, disk_format=args.disk_format)
     except ValueError as exc:
         raise pki.PkiError(str(exc)) from None
     hints = {}
@@ -415,13 +417,95 @@ async def _power_off_work(client: AgentClient, args: argparse.Namespace) -> None
     print(f"{client.address}: powering off")
 
 
-_status = _with_client(_status_work)
-_inventory = _with_client(_inventory_work)
-_node_info = _with_client(_node_info_work)
-_deploy = _with_client(_deploy_work)
-_commands = _with_client(_commands_work)
-_logs = _with_client(_logs_work)
-_power_off = _with_client(_power_off_work)
+_JSON = argument("--json", action="store_true", help="print the raw JSON")
+
+AGENT_COMMANDS: tuple[AgentCommand, ...] = (
+    AgentCommand(
+        "status",
+        "show an agent's public status (version, mode, node, fingerprint, rejections)",
+        (
+            "tacet status 10.0.0.5 --pki pki",
+            "tacet status 10.0.0.5 --cafile pki/ca.pem --cert C.pem --key K.pem --json",
+            "tacet status 10.0.0.5 --pin sha256:3F1C...",
+        ),
+        _status_work,
+        (_JSON,),
+        needs_token=False,
+    ),
+    AgentCommand(
+        "inventory",
+        "show the hardware inventory as tables (system, NICs, disks)",
+        (
+            "tacet inventory 10.0.0.5 --pki pki",
+            "tacet inventory node-1 --pki pki --json > node-1.json",
+            "tacet inventory 10.0.0.5 --cafile pki/ca.pem --token-file pki/nodes/n1/token",
+        ),
+        _inventory_work,
+        (
+            argument("--json", action="store_true", help="print the raw inventory JSON"),
+            argument("--refresh", action="store_true", help="collect it afresh"),
+        ),
+    ),
+    AgentCommand(
+        "node-info",
+        "give the agent its node_info (poll.set_node_info) from a JSON file",
+        (
+            "tacet node-info 10.0.0.5 node.json --pki pki",
+            """echo '{"node": {"uuid": "..."}, "config": {}}' | tacet node-info HOST - ...""",
+        ),
+        _node_info_work,
+        (argument("file", metavar="FILE", help="JSON {node: ..., config: ...}; - = stdin"),),
+    ),
+    AgentCommand(
+        "deploy",
+        "write an image (deploy step write_image) and wait for it",
+        (
+            "tacet deploy 10.0.0.5 --pki pki \\",
+            "    --image http://10.0.0.1/img/debian.raw --checksum sha256:9f86... --hint size=100",
+            "tacet deploy 10.0.0.5 --pki pki --disk-format qcow2 \\",
+            "    --image http://10.0.0.1/img/debian.qcow2 --checksum sha256:5e2b...",
+        ),
+        _deploy_work,
+        (
+            argument("--image", required=True, metavar="URL", help="http(s) URL of the image"),
+            argument("--checksum", required=True, metavar="ALGO:HEX", help="sha256 or sha512"),
+            argument(
+                "--disk-format",
+                choices=("raw", "qcow2"),
+                default="raw",
+                help="the image's format, checked by the agent (default: %(default)s)",
+            ),
+            argument(
+                "--hint",
+                action="append",
+                default=[],
+                metavar="KEY=VALUE",
+                help="a root-device hint (repeatable), e.g. serial=S3Z1 or size='>= 100'",
+            ),
+            argument("--interval", type=float, default=2.0, help="status poll interval, s"),
+        ),
+    ),
+    AgentCommand(
+        "commands",
+        "list the commands the agent ran, and their results",
+        ("tacet commands 10.0.0.5 --pki pki",),
+        _commands_work,
+        (_JSON,),
+    ),
+    AgentCommand(
+        "logs",
+        "fetch the agent's log archive (tar.gz)",
+        ("tacet logs 10.0.0.5 --pki pki -o node-1-logs.tar.gz",),
+        _logs_work,
+        (argument("-o", "--output", required=True, type=Path, metavar="FILE"),),
+    ),
+    AgentCommand(
+        "power-off",
+        "sync and power the machine off",
+        ("tacet power-off 10.0.0.5 --pki pki",),
+        _power_off_work,
+    ),
+)
 
 
 class _Outcome(Exception):
@@ -458,6 +542,7 @@ def _init(args: argparse.Namespace) -> None:
     print(f"CA certificate: {ca.cert_path}")
     print(f"CA key: {ca.key_path}")
     print(f"CA SHA-256 fingerprint: {ca.fingerprint}")
+    print(f"conductor profile: {pki.write_profile(args.dir)} (for tacet --pki {args.dir})")
 
 
 def _issue_client(args: argparse.Namespace) -> None:
@@ -466,6 +551,11 @@ def _issue_client(args: argparse.Namespace) -> None:
     print(f"certificate: {client.cert_path}")
     print(f"key: {client.key_path}")
     print(f"certificate SHA-256 fingerprint: {client.fingerprint}")
+    profile = args.dir / pki.PROFILE
+    if pki.adopt_client(args.dir, args.name):
+        print(f"conductor profile: {profile} now uses this client")
+    else:
+        print(f"conductor profile: {profile} keeps its client (edit it to switch)")
 
 
 def _node_bundle(args: argparse.Namespace) -> None:
@@ -501,6 +591,8 @@ def _dev(args: argparse.Namespace) -> None:
     _node_bundle(
         _parser().parse_args(["pki", "node-bundle", *base, "--node", args.node, *ips, "-o", output])
     )
+    first = (args.ip or ["127.0.0.1"])[0]
+    print(f"next: start an agent from {output}, then: tacet status {first} --pki {args.dir}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

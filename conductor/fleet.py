@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import random
+import re
 import secrets
 import time
 import tomllib
@@ -22,7 +24,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
+from hardware.hints import HINT_TYPES, HintError, parse_hints
 from wire.files import write_private
 
 from .client import (
@@ -41,6 +45,13 @@ from .client import (
     parse_pin,
     printable_token,
 )
+from .pki import (
+    PkiError,
+    check_client_pair,
+    read_certificates,
+    read_private_key,
+    read_token_file,
+)
 
 LOG = logging.getLogger(__name__)
 RESULTS_VERSION = 1
@@ -51,10 +62,44 @@ NODE_NAMESPACE = uuid.UUID("6f1c7d0e-5b9a-4f43-9d38-7c1a3d1e2b40")  # for defaul
 
 
 class FleetError(ValueError):
-    """The fleet file is wrong; the message names the node and the key."""
+    """The fleet file is wrong; the message names the file, the table and the key."""
 
 
-# -- the fleet file ----------------------------------------------------------------------
+# -- addresses and images (shared with the command line) ---------------------------------
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+DISK_FORMATS = ("raw", "qcow2")
+
+
+def agent_address(text: str, default_port: int = 9999) -> tuple[str, int]:
+    """``HOST[:PORT]`` checked before any connection: an IP address or a DNS name."""
+    host, port = parse_address(text, default_port)
+    try:
+        ipaddress.ip_address(host)
+        return host, port
+    except ValueError:
+        pass
+    try:
+        ascii_name = host.rstrip(".").encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_name = ""
+    labels = ascii_name.split(".")
+    if not ascii_name or len(ascii_name) > 253 or not all(_LABEL.fullmatch(x) for x in labels):
+        raise ValueError(f"{host!r} is neither an IP address nor a host name")
+    return host, port
+
+
+def check_image_url(url: str) -> str:
+    """The agent downloads over http(s) only; anything else is refused here, not there."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"image URL {url!r} is not an http(s) URL")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port outside 0-65535
+    except ValueError:
+        raise ValueError(f"image URL {url!r} has an invalid port") from None
+    return url
+
+
 @dataclass(frozen=True)
 class ImageSpec:
     url: str
@@ -90,9 +135,15 @@ def parse_checksum(text: str) -> tuple[str, str]:
     return algo, digest
 
 
-def image_spec(url: str, checksum: str, image_id: str | None = None) -> ImageSpec:
+def image_spec(
+    url: str, checksum: str, image_id: str | None = None, disk_format: str = "raw"
+) -> ImageSpec:
+    check_image_url(url)
     algo, digest = parse_checksum(checksum)
-    return ImageSpec(url, algo, digest, image_id or url.rstrip("/").rsplit("/", 1)[-1] or "image")
+    if disk_format not in DISK_FORMATS:
+        raise ValueError(f"disk_format must be one of {', '.join(DISK_FORMATS)}")
+    name = image_id or url.rstrip("/").rsplit("/", 1)[-1] or "image"
+    return ImageSpec(url, algo, digest, name, disk_format)
 
 
 @dataclass(frozen=True)
@@ -146,105 +197,270 @@ class Fleet:
     nodes: tuple[NodeSpec, ...]
 
 
-SETTING_KEYS = {f for f in Settings.__dataclass_fields__}
-NODE_KEYS = {
-    "name",
-    "address",
-    "port",
-    "token",
-    "token_file",
-    "claim",
-    "cafile",
-    "pin",
-    "trust_on_first_use",
-    "cert",
-    "key",
-    "macs",
-    "serial",
-    "system_uuid",
-    "disk_serials",
-    "uuid",
-    "properties",
-    "root_device",
-    "image",
-    "method",
-    "erase",
-    "finish",
-}
+# -- the fleet file: one table of keys per level -------------------------------------------
+class _Nested(ValueError):
+    """A key inside a nested table is wrong: its name joins the outer key's."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
 
 
-def _path(base: Path, value: Any, where: str) -> Path:
-    if not isinstance(value, str) or not value:
-        raise FleetError(f"{where}: must be a file path")
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else base / path
+@dataclass
+class _Reading:
+    """What value parsers need: the directory paths are relative to, and a cache so a
+    file named in [defaults] is read once, not once per node."""
+
+    base: Path
+    cache: dict[tuple[str, Path], Any] = field(default_factory=dict)
+
+    def path(self, value: Any) -> Path:
+        if not isinstance(value, str) or not value:
+            raise ValueError("must be a file path")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base / path
+
+    def once(self, kind: str, path: Path, read: Callable[[Path], Any]) -> Any:
+        if (kind, path) not in self.cache:
+            try:
+                self.cache[kind, path] = read(path)
+            except PkiError as exc:
+                raise ValueError(str(exc)) from None
+        return self.cache[kind, path]
 
 
-def _strings(value: Any, where: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise FleetError(f"{where}: must be a list of strings")
+Parser = Callable[[Any, _Reading], Any]
+
+
+@dataclass(frozen=True)
+class Key:
+    parse: Parser  # value -> checked value; ValueError says why
+    help: str
+
+
+def _integer(low: int) -> Parser:
+    def parse(value: Any, _: _Reading) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"must be an integer of at least {low}")
+        return value
+
+    return parse
+
+
+def _seconds(value: Any, _: _Reading) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError("must be a positive number of seconds")
+    return float(value)
+
+
+def _boolean(value: Any, _: _Reading) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
     return value
 
 
-def _node(raw: dict[str, Any], base: Path, index: int) -> NodeSpec:
-    name = raw.get("name")
-    if not isinstance(name, str) or not name:
-        raise FleetError(f"nodes[{index}]: every node needs a name")
-    where = f"node {name}"
-    unknown = sorted(set(raw) - NODE_KEYS)
-    if unknown:
-        raise FleetError(f"{where}: unknown key(s) {', '.join(unknown)}")
-    address = raw.get("address")
-    if not isinstance(address, str):
-        raise FleetError(f"{where}: address (HOST or HOST:PORT) is required")
+def _text(value: Any, _: _Reading) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value.strip()
+
+
+def _one_of(*choices: str) -> Parser:
+    def parse(value: Any, _: _Reading) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return str(value)
+
+    return parse
+
+
+def _strings(value: Any, _: _Reading) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("must be a list of non-empty strings")
+    return value
+
+
+def _port(value: Any, reading: _Reading) -> int:
+    port: int = _integer(1)(value, reading)
+    if port > 65535:
+        raise ValueError("must be a port number between 1 and 65535")
+    return port
+
+
+def _token(value: Any, reading: _Reading) -> str:
+    token = _text(value, reading)
+    if not printable_token(token):
+        raise ValueError("must be printable ASCII")
+    return token
+
+
+def _token_file(value: Any, reading: _Reading) -> str:
+    return str(reading.once("token", reading.path(value), read_token_file))
+
+
+def _cafile(value: Any, reading: _Reading) -> Path:
+    path = reading.path(value)
+    reading.once("certificates", path, read_certificates)
+    return path
+
+
+def _cert(value: Any, reading: _Reading) -> Path:
+    path = reading.path(value)
+    reading.once("certificates", path, read_certificates)
+    return path
+
+
+def _key(value: Any, reading: _Reading) -> Path:
+    path = reading.path(value)
+    reading.once("key", path, read_private_key)
+    return path
+
+
+def _pin(value: Any, reading: _Reading) -> str:
+    return parse_pin(_text(value, reading))
+
+
+def _free_table(value: Any, _: _Reading) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError("must be a table")
+    return dict(value)
+
+
+def _root_device(value: Any, reading: _Reading) -> dict[str, Any]:
+    hints = _free_table(value, reading)
+    for name in hints:
+        if name not in HINT_TYPES:
+            raise _Nested(name, f"unknown root device hint (known: {', '.join(HINT_TYPES)})")
     try:
-        host, port = parse_address(address, int(raw.get("port", 9999)))
-    except ValueError as exc:
-        raise FleetError(f"{where}: address: {exc}") from None
-    token = raw.get("token")
-    if "token_file" in raw:
+        parse_hints(hints)
+    except HintError as exc:
+        raise ValueError(str(exc)) from None
+    return hints
+
+
+def _checksum(value: Any, reading: _Reading) -> tuple[str, str]:
+    return parse_checksum(_text(value, reading))
+
+
+def _url(value: Any, reading: _Reading) -> str:
+    return check_image_url(_text(value, reading))
+
+
+IMAGE_KEYS: dict[str, Key] = {
+    "url": Key(_url, "http(s) URL of the image (required)"),
+    "checksum": Key(_checksum, "sha256:HEX or sha512:HEX of the image as served (required)"),
+    "id": Key(_text, "image id the agent logs (default: the URL's last part)"),
+    "disk_format": Key(_one_of(*DISK_FORMATS), "raw (default) or qcow2"),
+}
+
+
+def _image(value: Any, reading: _Reading) -> ImageSpec:
+    if not isinstance(value, dict):
+        raise ValueError("must be a table {url = ..., checksum = ...}")
+    image = _read_table(value, IMAGE_KEYS, reading)
+    for required in ("url", "checksum"):
+        if required not in image:
+            raise _Nested(required, "is required")
+    algo, digest = image["checksum"]
+    url = image["url"]
+    name = image.get("id") or url.rstrip("/").rsplit("/", 1)[-1] or "image"
+    return ImageSpec(url, algo, digest, name, image.get("disk_format", "raw"))
+
+
+SETTING_KEYS: dict[str, Key] = {
+    "concurrency": Key(_integer(1), "nodes in flight"),
+    "wait_interval": Key(_seconds, "s between 'is it up' attempts"),
+    "wait_deadline": Key(_seconds, "s before a node is unreachable"),
+    "poll_interval": Key(_seconds, "s between command result polls"),
+    "command_deadline": Key(_seconds, "s for one command"),
+    "timeout": Key(_seconds, "s per request"),
+    "retries": Key(_integer(0), "on connection errors"),
+}
+NODE_KEYS: dict[str, Key] = {
+    "name": Key(_text, "the node's name (required, unique)"),
+    "address": Key(_text, "HOST or HOST:PORT (required)"),
+    "port": Key(_port, "the port when the address has none (default 9999)"),
+    "token": Key(_token, "the agent token (prefer token_file)"),
+    "token_file": Key(_token_file, "file with the agent token"),
+    "claim": Key(_boolean, "give an agent without a token a fresh one"),
+    "cafile": Key(_cafile, "CA or the agent's own certificate"),
+    "pin": Key(_pin, "sha256:HEX of the agent's certificate"),
+    "trust_on_first_use": Key(_boolean, "accept and record the certificate served"),
+    "cert": Key(_cert, "our client certificate"),
+    "key": Key(_key, "its private key"),
+    "macs": Key(_strings, "MACs the machine must have"),
+    "serial": Key(_text, "expected system serial"),
+    "system_uuid": Key(_text, "expected system UUID"),
+    "disk_serials": Key(_strings, "disk serials the machine must have"),
+    "uuid": Key(_text, "node UUID for node_info (default: derived from the name)"),
+    "properties": Key(_free_table, "ironic node properties (free-form)"),
+    "root_device": Key(_root_device, "root device hints"),
+    "image": Key(_image, "the image table: url, checksum, id, disk_format"),
+    "method": Key(_one_of(*METHODS), "write_image or prepare_image"),
+    "erase": Key(_boolean, "erase_devices_metadata first"),
+    "finish": Key(_one_of(*FINISHES), "power_off, run_image or none"),
+}
+
+
+def _read_table(raw: dict[str, Any], keys: dict[str, Key], reading: _Reading) -> dict[str, Any]:
+    """Every key parsed by its table entry; unknown keys are refused (typos must not pass
+    silently). Errors raise _Nested naming the key."""
+    values = {}
+    for name, value in raw.items():
+        if name not in keys:
+            raise _Nested(name, f"unknown key (known: {', '.join(keys)})")
         try:
-            token = _path(base, raw["token_file"], f"{where}: token_file").read_text().strip()
-        except OSError as exc:
-            raise FleetError(f"{where}: token_file: {exc.strerror}") from None
-    if token is not None and (not isinstance(token, str) or not token):
-        raise FleetError(f"{where}: token must be a non-empty string")
-    if token is not None and not printable_token(token):
-        raise FleetError(f"{where}: token must be printable ASCII")
+            values[name] = keys[name].parse(value, reading)
+        except _Nested as exc:
+            raise _Nested(f"{name}.{exc.key}", str(exc)) from None
+        except (ValueError, TypeError) as exc:
+            raise _Nested(name, str(exc)) from None
+    return values
+
+
+def _node(own: dict[str, Any], defaults: dict[str, Any], reading: _Reading, where: str) -> NodeSpec:
+    """One [[nodes]] entry over the (already checked) [defaults]."""
     try:
-        trust = Trust(
-            cafile=_path(base, raw["cafile"], f"{where}: cafile") if "cafile" in raw else None,
-            pin=parse_pin(raw["pin"]) if "pin" in raw else None,
-            trust_on_first_use=bool(raw.get("trust_on_first_use", False)),
-            certfile=_path(base, raw["cert"], f"{where}: cert") if "cert" in raw else None,
-            keyfile=_path(base, raw["key"], f"{where}: key") if "key" in raw else None,
-        )
-        claim = bool(raw.get("claim", False))
+        values = {**defaults, **_read_table(own, NODE_KEYS, reading)}
+    except _Nested as exc:
+        raise FleetError(f"{where} {exc.key}: {exc}") from None
+
+    def fail(key: str, reason: str) -> FleetError:
+        return FleetError(f"{where} {key}: {reason}")
+
+    name = values.get("name")
+    if name is None:
+        raise fail("name", "every node needs a name")
+    if "address" not in values:
+        raise fail("address", "is required (HOST or HOST:PORT)")
+    try:
+        host, port = agent_address(values["address"], values.get("port", 9999))
+    except ValueError as exc:
+        raise fail("address", str(exc)) from None
+    token = values.get("token_file", values.get("token"))
+    claim = values.get("claim", False)
+    trust = Trust(
+        cafile=values.get("cafile"),
+        pin=values.get("pin"),
+        trust_on_first_use=values.get("trust_on_first_use", False),
+        certfile=values.get("cert"),
+        keyfile=values.get("key"),
+    )
+    if (trust.certfile is None) != (trust.keyfile is None):
+        raise fail("cert", "cert and key go together")
+    if trust.certfile is not None and trust.keyfile is not None:
+        cert, key = trust.certfile, trust.keyfile
+        try:
+            reading.once(f"pair with {key}", cert, lambda _: check_client_pair(cert, key))
+        except ValueError as exc:
+            raise fail("key", str(exc)) from None
+    try:
         # An agent being claimed has no pre-shared token, so no binding to check.
         trust.mode(None if claim else token)
     except (ValueError, OSError) as exc:
-        raise FleetError(f"{where}: {exc}") from None
+        raise fail("cafile", str(exc)) from None
     if claim and token:
-        raise FleetError(f"{where}: claim makes a fresh token; do not also give one")
-    image = None
-    if "image" in raw:
-        spec = raw["image"]
-        if not isinstance(spec, dict) or "url" not in spec or "checksum" not in spec:
-            raise FleetError(f"{where}: image needs url and checksum (ALGO:HEX)")
-        try:
-            image = image_spec(str(spec["url"]), str(spec["checksum"]), spec.get("id"))
-        except ValueError as exc:
-            raise FleetError(f"{where}: image: {exc}") from None
-    method = raw.get("method", "write_image")
-    if method not in METHODS:
-        raise FleetError(f"{where}: method must be one of {', '.join(METHODS)}")
-    finish = raw.get("finish", "power_off")
-    if finish not in FINISHES:
-        raise FleetError(f"{where}: finish must be one of {', '.join(FINISHES)}")
-    for key in ("properties", "root_device"):
-        if key in raw and not isinstance(raw[key], dict):
-            raise FleetError(f"{where}: {key} must be a table")
-    node_uuid = raw.get("uuid") or str(uuid.uuid5(NODE_NAMESPACE, name))
+        raise fail("claim", "claim makes a fresh token; do not also give one")
     shown = f"[{host}]" if ":" in host else host
     return NodeSpec(
         name=name,
@@ -252,44 +468,51 @@ def _node(raw: dict[str, Any], base: Path, index: int) -> NodeSpec:
         trust=trust,
         token=token,
         claim=claim,
-        macs=macs(_strings(raw.get("macs", []), f"{where}: macs")),
-        system_serial=raw.get("serial"),
-        system_uuid=raw.get("system_uuid"),
-        disk_serials=frozenset(_strings(raw.get("disk_serials", []), f"{where}: disk_serials")),
-        node_uuid=str(node_uuid),
-        properties=dict(raw.get("properties", {})),
-        root_device=raw.get("root_device"),
-        image=image,
-        method=method,
-        erase=bool(raw.get("erase", False)),
-        finish=finish,
+        macs=macs(values.get("macs", [])),
+        system_serial=values.get("serial"),
+        system_uuid=values.get("system_uuid"),
+        disk_serials=frozenset(values.get("disk_serials", [])),
+        node_uuid=values.get("uuid") or str(uuid.uuid5(NODE_NAMESPACE, name)),
+        properties=values.get("properties", {}),
+        root_device=values.get("root_device"),
+        image=values.get("image"),
+        method=values.get("method", "write_image"),
+        erase=values.get("erase", False),
+        finish=values.get("finish", "power_off"),
     )
 
 
-def parse_fleet(data: dict[str, Any], base: Path) -> Fleet:
-    """A fleet from the TOML's tables; relative paths are relative to ``base``."""
+def parse_fleet(data: dict[str, Any], base: Path, source: str = "fleet file") -> Fleet:
+    """A fleet from the TOML's tables; relative paths are relative to ``base``. Errors
+    name ``source`` (the file), the table and the key."""
+    reading = _Reading(base)
     top = {k: v for k, v in data.items() if k not in ("defaults", "nodes")}
-    unknown = sorted(set(top) - SETTING_KEYS)
-    if unknown:
-        raise FleetError(
-            f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(SETTING_KEYS))}"
-        )
     try:
-        settings = Settings(**top)
-    except TypeError as exc:
-        raise FleetError(str(exc)) from None
-    if not isinstance(settings.concurrency, int) or settings.concurrency < 1:
-        raise FleetError("concurrency must be a positive integer")
-    defaults = data.get("defaults", {})
+        settings = Settings(**_read_table(top, SETTING_KEYS, reading))
+    except _Nested as exc:
+        raise FleetError(f"{source}: top level {exc.key}: {exc}") from None
+    defaults_raw = data.get("defaults", {})
     nodes_raw = data.get("nodes", [])
-    if not isinstance(defaults, dict) or not isinstance(nodes_raw, list) or not nodes_raw:
-        raise FleetError("a fleet has a [defaults] table and at least one [[nodes]] entry")
-    nodes = tuple(_node({**defaults, **raw}, base, i) for i, raw in enumerate(nodes_raw))
+    if not isinstance(defaults_raw, dict):
+        raise FleetError(f"{source}: [defaults] must be a table")
+    if not isinstance(nodes_raw, list) or not nodes_raw:
+        raise FleetError(f"{source}: [[nodes]]: a fleet needs at least one [[nodes]] entry")
+    try:
+        defaults = _read_table(defaults_raw, NODE_KEYS, reading)
+    except _Nested as exc:
+        raise FleetError(f"{source}: [defaults] {exc.key}: {exc}") from None
+    nodes = []
+    for index, raw in enumerate(nodes_raw):
+        if not isinstance(raw, dict):
+            raise FleetError(f"{source}: [[nodes]] #{index + 1}: must be a table")
+        name = raw.get("name")
+        label = f"{name!r}" if isinstance(name, str) and name else f"#{index + 1}"
+        nodes.append(_node(raw, defaults, reading, f"{source}: [[nodes]] {label}"))
     names = [n.name for n in nodes]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise FleetError(f"node names must be unique: {', '.join(duplicates)}")
-    return Fleet(settings, nodes)
+        raise FleetError(f"{source}: [[nodes]] name: must be unique: {', '.join(duplicates)}")
+    return Fleet(settings, tuple(nodes))
 
 
 def load_fleet(path: Path) -> Fleet:
@@ -297,9 +520,11 @@ def load_fleet(path: Path) -> Fleet:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
         raise FleetError(f"{path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise FleetError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise FleetError(f"{path}: not valid TOML: {exc}") from None
-    return parse_fleet(data, path.parent)
+    return parse_fleet(data, path.parent, str(path))
 
 
 # -- results -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ Layout of a PKI directory (created 0700)::
 
     ca.pem                      CA certificate (public, 0644)
     ca-key.pem                  CA private key (0600)
+    conductor.toml              what ``tacet --pki DIR`` uses: the CA, our client certificate
     clients/<name>.pem          conductor client certificate
     clients/<name>-key.pem      its private key (0600)
     nodes/<node>/server-cert.pem  the node's server certificate (what to pin)
@@ -20,15 +21,18 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import re
 import secrets
 import stat
+import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -43,6 +47,8 @@ CLIENTS = "clients"
 NODES = "nodes"
 NODE_CERT = "server-cert.pem"
 NODE_TOKEN = "token"
+PROFILE = "conductor.toml"
+PROFILE_KEYS = ("cafile", "cert", "key")
 
 # Where the bundle's files land on the node (the agent's config directory); the
 # names match agent.config's well-known files.
@@ -373,3 +379,165 @@ def save_node(directory: Path | str, bundle: NodeBundle) -> NodeRecord:
     write_private(token_path, bundle.token.encode() + b"\n")
     _write_public(cert_path, bundle.cert_pem)
     return NodeRecord(cert_path, token_path)
+
+
+# -- reading what the operator points at -------------------------------------------------
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise PkiError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+
+
+def read_certificates(path: Path, what: str = "certificate") -> list[x509.Certificate]:
+    """The PEM certificates in ``path``; a one-line error naming the file otherwise."""
+    data = _read(path, what)
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certificates = []
+    if not certificates:
+        raise PkiError(f"{path}: not a PEM certificate (expected -----BEGIN CERTIFICATE-----)")
+    return certificates
+
+
+def read_private_key(path: Path) -> object:
+    """An unencrypted PEM private key (an encrypted one would make OpenSSL prompt)."""
+    data = _read(path, "private key")
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise PkiError(f"{path}: the private key is encrypted; give an unencrypted one") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise PkiError(f"{path}: not a PEM private key") from None
+
+
+def check_client_pair(cert_path: Path, key_path: Path) -> None:
+    """Our client certificate and its key must belong together, checked before connecting."""
+    cert = read_certificates(cert_path, "client certificate")[0]
+    key = read_private_key(key_path)
+    public = getattr(key, "public_key", None)
+    if public is None or public() != cert.public_key():
+        raise PkiError(f"{key_path} is not the private key of {cert_path}")
+
+
+def read_token_file(path: Path) -> str:
+    """A token file's one line: printable ASCII, not empty."""
+    data = _read(path, "token file")
+    try:
+        token = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise PkiError(f"{path}: the token must be printable ASCII") from None
+    if not token:
+        raise PkiError(f"{path}: the token file is empty")
+    if not _TOKEN.fullmatch(token):
+        raise PkiError(f"{path}: the token must be printable ASCII without spaces")
+    return token
+
+
+# -- the conductor profile: what ``--pki DIR`` uses ---------------------------------------
+@dataclass(frozen=True)
+class Profile:
+    """The CA to verify agents with and our client certificate, from DIR/conductor.toml."""
+
+    directory: Path
+    cafile: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+
+def write_profile(directory: Path | str, client: str | None = None) -> Path:
+    """(Re)write DIR/conductor.toml naming the CA and, when given, the client ``client``."""
+    directory = Path(directory)
+    lines = [
+        "# What `tacet --pki DIR` uses to talk to agents; paths are relative to this directory.",
+        f"cafile = {json.dumps(CA_CERT)}",
+    ]
+    if client is not None:
+        lines.append(f"cert = {json.dumps(f'{CLIENTS}/{client}.pem')}")
+        lines.append(f"key = {json.dumps(f'{CLIENTS}/{client}-key.pem')}")
+    path = directory / PROFILE
+    _write_public(path, "\n".join(lines).encode() + b"\n")
+    return path
+
+
+def load_profile(directory: Path | str) -> Profile:
+    """DIR/conductor.toml, checked: known keys, files that exist, a key that fits."""
+    directory = Path(directory)
+    path = directory / PROFILE
+    if not directory.is_dir():
+        raise PkiError(f"{directory}: no such PKI directory (make one with: tacet pki dev DIR)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise PkiError(
+            f"{path}: cannot read the conductor profile: {exc.strerror or exc}"
+            " (tacet pki init and issue-client write it)"
+        ) from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise PkiError(f"{path}: not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(PROFILE_KEYS))
+    if unknown:
+        raise PkiError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(PROFILE_KEYS)})")
+    paths: dict[str, Path] = {}
+    for name, value in data.items():
+        if not isinstance(value, str) or not value:
+            raise PkiError(f"{path}: {name} must be a file path")
+        paths[name] = directory / Path(value).expanduser()
+    if "cafile" not in paths:
+        raise PkiError(f"{path}: cafile is missing")
+    if ("cert" in paths) != ("key" in paths):
+        raise PkiError(f"{path}: cert and key go together")
+    return Profile(directory, paths["cafile"], paths.get("cert"), paths.get("key"))
+
+
+def adopt_client(directory: Path | str, name: str) -> bool:
+    """Make client ``name`` the profile's when it names none yet (the first client issued);
+    True when it did. A later client is switched to by editing conductor.toml."""
+    directory = Path(directory)
+    path = directory / PROFILE
+    if path.exists():
+        try:
+            if load_profile(directory).cert is not None:
+                return False
+        except PkiError:
+            return False  # an operator's edited profile stays as it is
+    write_profile(directory, name)
+    return True
+
+
+def _names(cert: x509.Certificate) -> tuple[set[str], set[IPAddress]]:
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set(), set()
+    names = {n.lower() for n in sans.get_values_for_type(x509.DNSName)}
+    addresses = sans.get_values_for_type(x509.IPAddress)
+    return names, {a for a in addresses if isinstance(a, IPAddress)}
+
+
+def node_token_file(directory: Path | str, host: str) -> Path | None:
+    """The token file of the node whose server certificate names ``host`` (an IP SAN or a
+    DNS name), or None; two nodes naming the same host is an error (which one is it?)."""
+    nodes = Path(directory) / NODES
+    try:
+        address: IPAddress | None = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        address = None
+    found = []
+    for cert_path in sorted(nodes.glob(f"*/{NODE_CERT}")):
+        try:
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        except (OSError, ValueError):
+            continue  # not a node record we can read; other nodes may still match
+        names, addresses = _names(cert)
+        if (address is not None and address in addresses) or host.lower() in names:
+            found.append(cert_path.parent)
+    if len(found) > 1:
+        listed = ", ".join(p.name for p in found)
+        raise PkiError(
+            f"{host}: several nodes in {directory} name this host ({listed}); give --token-file"
+        )
+    if not found or not (found[0] / NODE_TOKEN).is_file():
+        return None
+    return found[0] / NODE_TOKEN

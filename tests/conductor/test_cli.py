@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import signal
 import sys
 import tarfile
@@ -15,7 +16,9 @@ import pytest
 
 from conductor.cli import main
 from tests.conductor.conftest import IMAGE, TOKEN
-from tests.conductor.test_fleet import NodeInventory, free_port, mac
+from tests.conductor.test_fleet import NodeInventory, free_port, mac, qcow2_server
+
+__all__ = ["qcow2_server"]  # a fixture
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CLI = "import sys; from conductor.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -115,7 +118,7 @@ async def test_deploy(node, image_server):
         "deploy",
         *node.args,
         "--image",
-        "x",
+        "http://127.0.0.1/x",
         "--checksum",
         "sha256:" + "0" * 64,
         "--hint",
@@ -223,3 +226,206 @@ async def test_bad_fleet_file(tmp_path):
     bad.write_text("[[nodes]]\nname = 'x'\n")
     code, _, err = await tacet("provision", str(bad))
     assert code == 2 and "address" in err
+
+
+# -- plain help texts --------------------------------------------------------------------
+def all_help_argvs() -> list[list[str]]:
+    from conductor.cli import _parser
+
+    argvs = [[]]
+    commands = next(a for a in _parser()._actions if a.dest == "command")
+    for name, sub in commands.choices.items():
+        argvs.append([name])
+        for action in sub._actions:
+            if action.dest == "action":
+                argvs += [[name, inner] for inner in action.choices]
+    return argvs
+
+
+@pytest.mark.parametrize("argv", all_help_argvs(), ids=lambda argv: " ".join(argv) or "tacet")
+def test_help_texts_are_plain_text(argv, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: tacet")
+    for markup in ("``", ":func:", ":class:", ":meth:", "`"):
+        assert markup not in text, (argv, markup)
+
+
+# -- --pki: the files `tacet pki dev` leaves are all a command needs ------------------------
+@pytest.fixture
+async def dev_node(start_node, tmp_path):
+    """dev_node(mutual) -> an agent set up from `tacet pki dev`'s bundle (node-1's
+    certificate, key and token); ``mutual``: it requires the conductor's certificate."""
+    from tests.conductor.test_pki import unpack
+
+    assert main(["pki", "dev", str(tmp_path / "pki")]) == 0
+    unpack((tmp_path / "pki" / "node-1.cpio").read_bytes(), tmp_path / "root")
+    etc = tmp_path / "root" / "etc" / "tacet"
+
+    async def start(mutual: bool = True):
+        inventory = NodeInventory(tmp_path / "unused", mac(7), "SER7")
+        started = await start_node(
+            f"dev-{mutual}",
+            inventory=inventory,
+            cert_file=etc / "server-cert.pem",
+            key_file=etc / "server-key.pem",
+            client_ca_file=etc / "client-ca.pem" if mutual else None,
+            agent_token=(etc / "token").read_text().strip(),
+        )
+        inventory.path = started.disk
+        started.pki = str(tmp_path / "pki")
+        return started
+
+    return start
+
+
+async def test_pki_gives_ca_and_client_certificate(dev_node, tmp_path):
+    node = await dev_node(mutual=True)
+    code, out, err = await tacet("status", node.address, "--pki", node.pki)
+    assert code == 0, err
+    assert node.agent.identity.fingerprint in out
+    code, out, err = await tacet("inventory", node.address, "--pki", node.pki)
+    assert code == 0, err
+    assert "SER7" in out and mac(7) in out
+    # Without the client certificate the agent refuses the handshake.
+    code, _, err = await tacet(
+        "status", node.address, "--cafile", f"{node.pki}/ca.pem", "--retries", "0"
+    )
+    assert code != 0
+    # Explicit flags win over what --pki gives.
+    code, _, err = await tacet(
+        "status", node.address, "--pki", node.pki, "--pin", "sha256:" + "0" * 64
+    )
+    assert code == 4 and "does not match the pin" in err
+    assert main(["pki", "dev", str(tmp_path / "other")]) == 0
+    code, _, err = await tacet(
+        "status", node.address, "--pki", node.pki, "--cafile", str(tmp_path / "other/ca.pem")
+    )
+    assert code == 4, err
+
+
+async def test_pki_gives_the_token_of_the_node_that_names_the_host(dev_node, tmp_path):
+    node = await dev_node(mutual=False)  # the token is the only credential it takes
+    code, out, err = await tacet("inventory", node.address, "--pki", node.pki)
+    assert code == 0, err
+    assert "SER7" in out
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text("not-the-token-of-node-1\n")
+    code, _, err = await tacet(
+        "commands", node.address, "--pki", node.pki, "--token-file", str(wrong)
+    )
+    assert code == 4 and "Token invalid" in err
+
+
+async def test_pki_from_the_environment(dev_node):
+    node = await dev_node(mutual=True)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CLI,
+        "commands",
+        node.address,
+        cwd=ROOT,
+        env={**os.environ, "TACET_PKI": node.pki},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    assert "COMMAND" in out.decode()
+
+
+# -- user errors: one line, exit 2, the file named -----------------------------------------
+def test_user_errors_are_one_line_with_exit_2(tmp_path, capsys):
+    from tests.conductor.test_pki import assert_one_line_error, run_cli
+
+    pki_dir = tmp_path / "pki"
+    assert run_cli(capsys, "pki", "dev", pki_dir)[0] == 0
+    ca, cert = pki_dir / "ca.pem", pki_dir / "clients" / "conductor.pem"
+    key = pki_dir / "clients" / "conductor-key.pem"
+    junk = tmp_path / "junk.pem"
+    junk.write_text("hello\n")
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00")
+    missing = tmp_path / "missing.pem"
+    zeros = "sha256:" + "0" * 64
+    base = ["127.0.0.1", "--cafile", ca, "--cert", cert, "--key", key, "--retries", "0"]
+    cases = [
+        (["status", "not..an..addr", "--pki", pki_dir], "'not..an..addr' is neither an IP"),
+        (["status", "127.0.0.1:0", "--pki", pki_dir], "port must be 1-65535"),
+        (["status", "127.0.0.1", "--cafile", missing], f"{missing}: cannot read"),
+        (["status", "127.0.0.1", "--cafile", tmp_path], f"{tmp_path}: cannot read"),
+        (["status", "127.0.0.1", "--cafile", junk], f"{junk}: not a PEM certificate"),
+        (["status", "127.0.0.1", "--cafile", ca, "--cert", junk, "--key", key], f"{junk}: not a"),
+        (["status", "127.0.0.1", "--cafile", ca, "--cert", cert, "--key", junk], f"{junk}: not a"),
+        (["status", "127.0.0.1", "--cafile", ca, "--cert", missing, "--key", key], str(missing)),
+        (
+            [
+                "status",
+                "127.0.0.1",
+                "--cafile",
+                ca,
+                "--cert",
+                cert,
+                "--key",
+                pki_dir / "ca-key.pem",
+            ],
+            f"{pki_dir / 'ca-key.pem'} is not the private key of {cert}",
+        ),
+        (["status", "127.0.0.1", "--cafile", ca, "--cert", cert], "--cert and --key go together"),
+        (["status", "127.0.0.1", "--token-file", missing], f"{missing}: cannot read the token"),
+        (["status", "127.0.0.1", "--token-file", binary], f"{binary}: the token must be"),
+        (["status", "127.0.0.1", "--pki", tmp_path / "nothing"], "no such PKI directory"),
+        (["status", "127.0.0.1", "--pki", tmp_path], f"{tmp_path / 'conductor.toml'}: cannot"),
+        (
+            ["deploy", *base, "--image", "ftp://example/x.img", "--checksum", zeros],
+            "image URL 'ftp://example/x.img' is not an http(s) URL",
+        ),
+        (
+            ["deploy", *base, "--image", "/srv/x.img", "--checksum", zeros],
+            "is not an http(s) URL",
+        ),
+        (
+            [
+                "deploy",
+                *base,
+                "--image",
+                "http://h/x",
+                "--checksum",
+                zeros,
+                "--disk-format",
+                "vmdk",
+            ],
+            "invalid choice: 'vmdk'",
+        ),
+        (["node-info", *base, binary], f"{binary}: not UTF-8 text"),
+    ]
+    for argv, text in cases:
+        assert_one_line_error(*run_cli(capsys, *argv), text)
+    (pki_dir / "conductor.toml").write_text('cafile = "ca.pem"\ncolour = "blue"\n')
+    assert_one_line_error(
+        *run_cli(capsys, "status", "127.0.0.1", "--pki", pki_dir), "unknown key 'colour'"
+    )
+
+
+# -- qcow2 ---------------------------------------------------------------------------------
+async def test_deploy_qcow2(node, qcow2_server):
+    base, digests = qcow2_server
+    args = ["--hint", "serial=TEST0001", "--interval", "0.1"]
+    # Raw bytes declared qcow2: the agent received disk_format and refused the mismatch.
+    code, _, err = await tacet(
+        "deploy", *node.args, *args, "--disk-format", "qcow2",
+        "--image", f"{base}/image.raw", "--checksum", f"sha256:{digests['image.raw']}",
+    )  # fmt: skip
+    assert code == 1 and "disk_format qcow2 but the image is raw" in err
+    with open(node.disk, "rb") as handle:
+        assert handle.read(len(IMAGE)) == bytes(len(IMAGE))
+    code, _, err = await tacet(
+        "deploy", *node.args, *args, "--disk-format", "qcow2",
+        "--image", f"{base}/image.qcow2", "--checksum", f"sha256:{digests['image.qcow2']}",
+    )  # fmt: skip
+    assert code == 0, err
+    with open(node.disk, "rb") as handle:
+        assert handle.read(len(IMAGE)) == IMAGE

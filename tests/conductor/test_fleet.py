@@ -8,12 +8,14 @@ import io
 import json
 import socket
 import stat
+import subprocess
 
 import pytest
 
 from conductor.fleet import (
     FleetError,
     exit_code,
+    load_fleet,
     parse_fleet,
     provision,
 )
@@ -33,6 +35,29 @@ class NodeInventory(DiskInventory):
         data["interfaces"] = [{"name": "eth0", "mac_address": self.mac}]
         data["system_vendor"] = {"serial_number": self.serial, "uuid": None}
         return data
+
+
+@pytest.fixture
+async def qcow2_server(aiohttp_server, tmp_path):
+    """IMAGE as a qcow2 (made by qemu-img) and as raw bytes, on loopback."""
+    from aiohttp import web
+
+    raw, qcow2 = tmp_path / "image.raw", tmp_path / "image.qcow2"
+    raw.write_bytes(IMAGE)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], check=True
+    )
+    files = {"image.qcow2": qcow2.read_bytes(), "image.raw": IMAGE}
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=files[request.match_info["name"]])
+
+    app = web.Application()
+    app.router.add_get("/{name}", serve)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    return f"http://127.0.0.1:{server.port}", {
+        n: hashlib.sha256(b).hexdigest() for n, b in files.items()
+    }
 
 
 def mac(i: int) -> str:
@@ -247,26 +272,174 @@ async def test_resume_after_interruption(ca_nodes, test_pki, image_server, tmp_p
     assert exit_code(nodes) == 0
 
 
+ZEROS = "sha256:" + "0" * 64
+GOOD_IMAGE = f'{{ url = "http://127.0.0.1/i.img", checksum = "{ZEROS}" }}'
+
+
+def write_fleet(tmp_path, test_pki, top="", defaults="", node="", nodes=None):
+    """A fleet file with one good node; each level's extra lines are appended to it."""
+    if nodes is None:
+        nodes = f'[[nodes]]\nname = "n1"\naddress = "127.0.0.1"\n{node}\n'
+    text = (
+        f"{top}\n[defaults]\ncafile = {json.dumps(str(test_pki.ca_pem))}\n"
+        f'token = "{TOKEN}"\n{defaults}\n\n{nodes}'
+    )
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    return path
+
+
+def fleet_error(path) -> str:
+    with pytest.raises(FleetError) as raised:
+        load_fleet(path)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(f"{path}: "), message
+    return message[len(f"{path}: ") :]
+
+
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("level", "lines", "expected"),
     [
-        ({"colour": "blue"}, "unknown key(s) colour"),
-        ({"image": {"url": "http://x/i", "checksum": "md5:00"}}, "sha256:<64 hex>"),
-        ({"cafile": None}, "no way to verify"),
-        ({"claim": True}, "claim makes a fresh token"),
-        ({"method": "dd"}, "method must be one of"),
-        ({"address": "h:0"}, "port must be 1-65535"),
-        ({"token": "tab\there"}, "token must be printable ASCII"),
+        ("top", "colour = 1", "top level colour: unknown key (known: concurrency,"),
+        ("top", "concurrency = 0", "top level concurrency: must be an integer of at least 1"),
+        ("top", "retries = true", "top level retries: must be an integer of at least 0"),
+        ("top", 'timeout = "soon"', "top level timeout: must be a positive number of seconds"),
+        ("defaults", "colour = 1", "[defaults] colour: unknown key (known: name, address,"),
+        ("defaults", "erase = 1", "[defaults] erase: must be true or false"),
+        (
+            "defaults",
+            f'image = {{ url = "http://x/i", checksum = "{ZEROS}", colour = "blue" }}',
+            "[defaults] image.colour: unknown key (known: url, checksum, id, disk_format)",
+        ),
+        (
+            "defaults",
+            'root_device = { colour = "blue" }',
+            "[defaults] root_device.colour: unknown root device hint (known: size,",
+        ),
+        ("node", "colour = 1", "[[nodes]] 'n1' colour: unknown key (known: name,"),
+        (
+            "node",
+            f'image = {{ url = "http://x/i", checksum = "{ZEROS}", colour = "blue" }}',
+            "[[nodes]] 'n1' image.colour: unknown key (known: url, checksum, id, disk_format)",
+        ),
+        (
+            "node",
+            f'image = {{ url = "http://x/i", checksum = "{ZEROS}", disk_format = "vmdk" }}',
+            "[[nodes]] 'n1' image.disk_format: must be one of raw, qcow2",
+        ),
+        (
+            "node",
+            f'image = {{ url = "ftp://x/i", checksum = "{ZEROS}" }}',
+            "[[nodes]] 'n1' image.url: image URL 'ftp://x/i' is not an http(s) URL",
+        ),
+        (
+            "node",
+            'image = { url = "http://x/i" }',
+            "[[nodes]] 'n1' image.checksum: is required",
+        ),
+        (
+            "node",
+            'image = { url = "http://x/i", checksum = "md5:00" }',
+            "[[nodes]] 'n1' image.checksum: a checksum is sha256:<64 hex> or sha512:<128 hex>",
+        ),
+        ("node", 'image = "http://x/i"', "[[nodes]] 'n1' image: must be a table"),
+        (
+            "node",
+            'root_device = { size = "big" }',
+            "[[nodes]] 'n1' root_device: root device hint 'size' is not an integer",
+        ),
+        ("node", 'method = "dd"', "[[nodes]] 'n1' method: must be one of write_image,"),
+        ("node", "port = 0", "[[nodes]] 'n1' port: must be an integer of at least 1"),
+        ("node", 'token = "tab\\there"', "[[nodes]] 'n1' token: must be printable ASCII"),
+        ("node", "claim = true", "[[nodes]] 'n1' claim: claim makes a fresh token"),
+        ("node", 'macs = ["52:54:00:00:00:01", 7]', "[[nodes]] 'n1' macs: must be a list"),
     ],
 )
-def test_fleet_file_errors(test_pki, change, message):
-    entry = {"name": "n", "address": "127.0.0.1", **change}
-    defaults = {"cafile": str(test_pki.ca_pem), "token": TOKEN}
-    if change.get("cafile", "") is None:
-        defaults = {}
-        entry.pop("cafile")
-    with pytest.raises(FleetError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        parse_fleet({"defaults": defaults, "nodes": [entry]}, test_pki.ca)
+def test_fleet_file_errors_name_the_file_the_table_and_the_key(
+    tmp_path, test_pki, level, lines, expected
+):
+    path = write_fleet(tmp_path, test_pki, **{level: lines})
+    assert fleet_error(path).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("h:0", "'h:0': port must be 1-65535"),
+        ("not..an..addr", "'not..an..addr' is neither an IP address nor a host name"),
+        ("-bad-.example", "'-bad-.example' is neither an IP address nor a host name"),
+        ("a" * 64 + ".example", f"'{'a' * 64}.example' is neither an IP address nor a host name"),
+    ],
+)
+def test_node_addresses_are_checked(tmp_path, test_pki, address, expected):
+    nodes = f'[[nodes]]\nname = "n1"\naddress = "{address}"\n'
+    path = write_fleet(tmp_path, test_pki, nodes=nodes)
+    assert fleet_error(path) == f"[[nodes]] 'n1' address: {expected}"
+
+
+def test_files_named_in_the_fleet_are_read_and_checked(tmp_path, test_pki):
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    path = write_fleet(tmp_path, test_pki, node='cafile = "junk.pem"')
+    assert fleet_error(path) == (
+        f"[[nodes]] 'n1' cafile: {junk}: not a PEM certificate"
+        " (expected -----BEGIN CERTIFICATE-----)"
+    )
+    path = tmp_path / "other.toml"
+    path.write_text('[defaults]\ncafile = "missing.pem"\n[[nodes]]\nname = "a"\naddress = "::1"\n')
+    assert fleet_error(path) == (
+        f"[defaults] cafile: {tmp_path / 'missing.pem'}: cannot read the certificate:"
+        " No such file or directory"
+    )
+    client = f"cert = {json.dumps(str(test_pki.client_cert))}\n"
+    path = write_fleet(
+        tmp_path, test_pki, node=client + f"key = {json.dumps(str(test_pki.node_key))}"
+    )
+    assert fleet_error(path) == (
+        f"[[nodes]] 'n1' key: {test_pki.node_key} is not the private key of {test_pki.client_cert}"
+    )
+    path = write_fleet(tmp_path, test_pki, node=client)
+    assert fleet_error(path) == "[[nodes]] 'n1' cert: cert and key go together"
+    (tmp_path / "token").write_bytes(b"\xff\xfe\n")
+    path = write_fleet(tmp_path, test_pki, node='token_file = "token"')
+    assert fleet_error(path) == (
+        f"[[nodes]] 'n1' token_file: {tmp_path / 'token'}: the token must be printable ASCII"
+    )
+
+
+def test_fleet_shape_errors(tmp_path, test_pki):
+    path = write_fleet(tmp_path, test_pki, nodes="")
+    assert fleet_error(path).startswith("[[nodes]]: a fleet needs at least one")
+    path = write_fleet(tmp_path, test_pki, nodes='[[nodes]]\naddress = "127.0.0.1"\n')
+    assert fleet_error(path) == "[[nodes]] #1 name: every node needs a name"
+    twice = '[[nodes]]\nname = "a"\naddress = "127.0.0.1"\n' * 2
+    path = write_fleet(tmp_path, test_pki, nodes=twice)
+    assert fleet_error(path) == "[[nodes]] name: must be unique: a"
+    path = tmp_path / "plain.toml"
+    path.write_text('[[nodes]]\nname = "a"\naddress = "127.0.0.1"\n')
+    assert fleet_error(path).startswith("[[nodes]] 'a' cafile: no way to verify the agent")
+
+
+def test_a_good_fleet_file_with_qcow2(tmp_path, test_pki):
+    url = "http://127.0.0.1/i.qcow2"
+    image = f'image = {{ url = "{url}", checksum = "{ZEROS}", disk_format = "qcow2" }}'
+    path = write_fleet(
+        tmp_path,
+        test_pki,
+        top="concurrency = 3",
+        defaults=f"erase = true\n{image}",
+        node='root_device = { size = ">= 4" }\nproperties = { anything = "goes" }',
+    )
+    fleet = load_fleet(path)
+    assert fleet.settings.concurrency == 3
+    (node,) = fleet.nodes
+    assert node.erase and node.root_device == {"size": ">= 4"}
+    assert node.properties == {"anything": "goes"}
+    assert node.image is not None and node.image.image_info("u")["disk_format"] == "qcow2"
+    assert node.image.id == "i.qcow2"
+    path = write_fleet(tmp_path, test_pki, defaults=f"image = {GOOD_IMAGE}")
+    (node,) = load_fleet(path).nodes
+    assert node.image is not None and node.image.image_info("u")["disk_format"] == "raw"
 
 
 async def test_progress_bars_on_a_terminal(ca_nodes, test_pki, tmp_path):
@@ -309,3 +482,19 @@ async def test_trust_on_first_use_is_pinned_on_resume(start_node, tmp_path):
     assert "does not match the pin" in nodes["n"]["reason"]
     assert impostor.agent.guard.summary().get("token", 0) == 0
     assert impostor.agent.executor.history() == []
+
+
+async def test_qcow2_images_are_sent_with_their_format(ca_nodes, test_pki, qcow2_server, tmp_path):
+    base, digests = qcow2_server
+    nodes = await ca_nodes(2)
+
+    def entry(i, name):
+        url = f"{base}/{name}"
+        image = {"url": url, "checksum": f"sha256:{digests[name]}", "disk_format": "qcow2"}
+        return {"name": f"n{i}", "address": nodes[i].address, "image": image, "finish": "none"}
+
+    fleet = fleet_of([entry(0, "image.qcow2"), entry(1, "image.raw")], test_pki)
+    results = await provision(fleet, tmp_path / "r.json")
+    assert results["n0"]["state"] == "done" and written(nodes[0])
+    assert results["n1"]["state"] == "failed" and not written(nodes[1])
+    assert "disk_format qcow2 but the image is raw" in results["n1"]["reason"]

@@ -667,3 +667,78 @@ def test_dev_makes_ca_client_and_node_bundle_in_one_step(tmp_path, capsys):
     token = (target / "nodes/node-1/token").read_text().strip()
     assert token not in capsys.readouterr().out
     assert main(["pki", "dev", str(target)]) == 2  # never overwrites an existing CA
+
+
+# --- what `tacet --pki DIR` reads ---------------------------------------------------------
+def test_profile_names_the_ca_and_the_first_client(tmp_path, capsys):
+    from conductor.cli import main
+
+    directory = tmp_path / "pki"
+    assert main(["pki", "init", str(directory)]) == 0
+    profile = pki.load_profile(directory)
+    assert profile.cafile == directory / "ca.pem" and profile.cert is None
+    assert main(["pki", "issue-client", str(directory), "ops"]) == 0
+    assert main(["pki", "issue-client", str(directory), "other"]) == 0
+    out = capsys.readouterr().out
+    assert "now uses this client" in out and "keeps its client" in out
+    profile = pki.load_profile(directory)
+    assert profile.cert == directory / "clients/ops.pem"
+    assert profile.key == directory / "clients/ops-key.pem"
+    pki.check_client_pair(profile.cert, profile.key)
+    assert mode(directory / "conductor.toml") == 0o644  # nothing secret in it
+
+
+def test_profile_errors(tmp_path):
+    directory = tmp_path / "pki"
+    directory.mkdir()
+    with pytest.raises(pki.PkiError, match="cannot read the conductor profile"):
+        pki.load_profile(directory)
+    for text, message in (
+        ("cafile = 1\n", "cafile must be a file path"),
+        ('cert = "c.pem"\n', "cafile is missing"),
+        ('cafile = "ca.pem"\ncert = "c.pem"\n', "cert and key go together"),
+        ("cafile = [\n", "not valid TOML"),
+    ):
+        (directory / "conductor.toml").write_text(text)
+        with pytest.raises(pki.PkiError, match=message):
+            pki.load_profile(directory)
+
+
+def test_node_token_file_by_the_names_in_the_nodes_certificate(ca_dir):
+    for node, ips in (("node-1", ["127.0.0.1"]), ("node-2", ["192.0.2.7", "2001:db8::7"])):
+        pki.save_node(ca_dir, pki.node_bundle(ca_dir, node, ips))
+    assert pki.node_token_file(ca_dir, "127.0.0.1") == ca_dir / "nodes/node-1/token"
+    assert pki.node_token_file(ca_dir, "2001:db8::7") == ca_dir / "nodes/node-2/token"
+    assert pki.node_token_file(ca_dir, "[2001:db8::7]") == ca_dir / "nodes/node-2/token"
+    assert pki.node_token_file(ca_dir, "NODE-2") == ca_dir / "nodes/node-2/token"
+    assert pki.node_token_file(ca_dir, "192.0.2.8") is None
+    assert pki.node_token_file(ca_dir, "node-3") is None
+    pki.save_node(ca_dir, pki.node_bundle(ca_dir, "node-3", ["127.0.0.1"]))
+    with pytest.raises(pki.PkiError, match=r"several nodes .* \(node-1, node-3\)"):
+        pki.node_token_file(ca_dir, "127.0.0.1")
+
+
+def test_files_are_checked_with_their_name_in_the_error(ca_dir, tmp_path):
+    client = pki.issue_client(ca_dir, "c")
+    pki.check_client_pair(client.cert_path, client.key_path)
+    with pytest.raises(pki.PkiError, match=f"^{ca_dir / 'ca-key.pem'} is not the private key of"):
+        pki.check_client_pair(client.cert_path, ca_dir / "ca-key.pem")
+    encrypted = tmp_path / "encrypted.pem"
+    key = serialization.load_pem_private_key(client.key_path.read_bytes(), password=None)
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    with pytest.raises(pki.PkiError, match=f"^{encrypted}: the private key is encrypted"):
+        pki.read_private_key(encrypted)
+    with pytest.raises(pki.PkiError, match=f"^{client.cert_path}: not a PEM private key"):
+        pki.read_private_key(client.cert_path)
+    with pytest.raises(pki.PkiError, match=f"^{client.key_path}: not a PEM certificate"):
+        pki.read_certificates(client.key_path)
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(pki.PkiError, match=f"^{empty}: the token file is empty"):
+        pki.read_token_file(empty)
