@@ -17,7 +17,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 # Files whose scrub is still pending elsewhere; emptied once it has landed.
-NOT_YET_SCRUBBED = {"README.md"}
 SKIPPED_DIRECTORIES = ("tests/fixtures/",)  # recorded machines, byte for byte
 THIS_FILE = "tests/test_repo_hygiene.py"  # it spells the patterns out
 
@@ -84,19 +83,8 @@ def report(found: dict[str, list[tuple[int, str, str]]]) -> str:
 def test_tracked_files_carry_no_traces_of_the_working_environment():
     files = tracked_text_files(ROOT)
     assert len(files) > 100  # the listing worked
-    found = {
-        name: lines
-        for name, text in files.items()
-        if name not in NOT_YET_SCRUBBED and (lines := findings(text))
-    }
+    found = {name: lines for name, text in files.items() if (lines := findings(text))}
     assert not found, "\n" + report(found)
-
-
-def test_files_waiting_for_their_scrub_still_need_it():
-    """An entry of NOT_YET_SCRUBBED that is clean is removed, so it is checked again."""
-    files = tracked_text_files(ROOT)
-    clean = sorted(name for name in NOT_YET_SCRUBBED if not findings(files.get(name, "")))
-    assert not clean, f"remove {clean} from NOT_YET_SCRUBBED: nothing left to scrub"
 
 
 @pytest.mark.parametrize(
