@@ -25,10 +25,13 @@ class StreamSink:
         *,
         progress: Progress | None = None,
         inspect: bool = True,
+        declared: str | None = None,
     ) -> None:
         """``inspect=False`` stores the bytes as they come (a qcow2 into a temp file).
-        ``progress`` tells the download size, checked against the room before writing."""
+        ``progress`` tells the download size, checked against the room before writing.
+        ``declared`` is the request's ``disk_format`` (None or raw), named when refusing."""
         self.writer = writer
+        self.declared = declared
         self.progress = progress
         self.inspect = inspect
         self.kind: str | None = None if inspect else "as-is"
@@ -70,7 +73,18 @@ class StreamSink:
         elif self.kind == "raw":
             self._check_total()
         else:
-            raise FormatError(f"the image is {self.kind}, not raw: it cannot be streamed")
+            raise FormatError(self._refusal(self.kind))
+
+    def _refusal(self, kind: str) -> str:
+        if self.declared == "raw":
+            return f"the image is {kind}, but disk_format says raw: it cannot be streamed"
+        if kind == "qcow2":
+            return (
+                "the image is qcow2 but no disk_format was given: only raw images "
+                "(or gzip, xz or zstd of one) are streamed; declare disk_format qcow2 "
+                "to have it converted"
+            )
+        return f"the image is {kind}, not raw: it cannot be streamed"
 
     def _decode(self, chunk: bytes | bytearray | None) -> None:
         """Decompression thread: ``None`` means the end of the stream."""

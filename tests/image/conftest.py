@@ -87,10 +87,15 @@ class DisksInventory(FakeInventory):
 
 @pytest.fixture
 async def agent_with(tmp_path):
+    """An agent whose inventory lists ``disks``; the disks here are loop devices, so it
+    is told it may use them (``allow_loop_devices``) unless a test says otherwise."""
     runs = []
 
-    async def make(disks):
-        run_ = await start(tmp_path / f"state{len(runs)}", inventory=DisksInventory(disks))
+    async def make(disks, **overrides):
+        overrides.setdefault("allow_loop_devices", True)
+        run_ = await start(
+            tmp_path / f"state{len(runs)}", inventory=DisksInventory(disks), **overrides
+        )
         runs.append(run_)
         return run_
 
