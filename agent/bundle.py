@@ -93,6 +93,8 @@ def checked_name(name: str) -> str:
 def extract(members: list[Member], into: Path) -> Path:
     """Write the members under ``into``; the ``etc/tacet`` directory they make."""
     for member in members:
+        if member.name in (".", "./") and stat.S_ISDIR(member.mode):
+            continue  # the root itself, as "find . | cpio -o -H newc" lists it
         name = checked_name(member.name)
         target = into / name
         if stat.S_ISDIR(member.mode):

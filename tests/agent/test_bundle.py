@@ -67,6 +67,29 @@ def test_unpacked_privately_and_removed_after(made):
     assert not root.exists()
 
 
+def test_a_bundle_made_by_the_cpio_tool_from_a_tree(tmp_path):
+    """``find . | cpio -o -H newc`` also lists the root itself, as "."."""
+    tree = tmp_path / "tree"
+    (tree / "etc" / "tacet").mkdir(parents=True)
+    (tree / "etc" / "tacet" / "token").write_text("t0ken\n")
+    (tree / "etc" / "tacet" / "token").chmod(0o600)
+    listing = subprocess.run(
+        ["find", "."], cwd=tree, capture_output=True, text=True, check=True
+    ).stdout
+    made = subprocess.run(
+        ["cpio", "-o", "-H", "newc", "--quiet"],
+        cwd=tree,
+        input=listing.encode(),
+        capture_output=True,
+        check=True,
+    ).stdout
+    names = [member.name for member in parse_newc(made)]
+    assert names == [".", "etc", "etc/tacet", "etc/tacet/token"]
+    config_dir = extract(parse_newc(made), tmp_path / "into")
+    assert (config_dir / "token").read_text() == "t0ken\n"
+    assert stat.S_IMODE((config_dir / "token").stat().st_mode) == 0o600
+
+
 def test_the_bundle_is_the_configuration_directory(made, tmp_path):
     _, _, bundle, _ = made
     toml = cpio.file("etc/tacet/agent.toml", b"allow-loop-devices = true\nlisten-port = 9443\n")
