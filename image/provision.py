@@ -176,7 +176,8 @@ class ImageJob:
             self.sink.close()
 
     async def _convert(self) -> None:
-        """qcow2: to a temp file (room checked), inspect, qemu-img convert."""
+        """qcow2: to a temp file (room checked, its first bytes checked for qcow2 as they
+        arrive), inspect the header, qemu-img convert."""
         TMP_DIR.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(dir=TMP_DIR, prefix="tacet-image-")
         os.close(handle)
@@ -185,7 +186,9 @@ class ImageJob:
             free = shutil.disk_usage(TMP_DIR).free - TMP_RESERVE
             room = f"{TMP_DIR} has {max(free, 0)} bytes free for the download"
             writer = DiskWriter(temp, direct=False, limit=max(free, 0), room=room)
-            self.sink = StreamSink(writer, progress=self.progress, inspect=False)
+            self.sink = StreamSink(
+                writer, progress=self.progress, inspect=False, declared=self.disk_format
+            )
             try:
                 await download(self.image_info, self.sink, progress=self.progress)
                 await self.sink.finish()

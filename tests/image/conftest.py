@@ -116,6 +116,7 @@ class Served:
     piece: int = 0  # >0: send in pieces of this size ...
     delay: float = 0.0  # ... sleeping this long between them
     requests: int = 0
+    sent: int = 0  # bytes the server managed to hand to the connection
 
 
 @pytest.fixture
@@ -153,6 +154,7 @@ async def files(aiohttp_server):
         step = item.piece or len(data) or 1
         for offset in range(0, len(data), step):
             await response.write(data[offset : offset + step])
+            item.sent += len(data[offset : offset + step])
             if item.delay:
                 await asyncio.sleep(item.delay)
         await response.write_eof()

@@ -315,3 +315,25 @@ async def test_qcow2_declared_raw_or_not_at_all_never_reaches_the_disk(
     assert ("disk_format says raw" if declared else "declare disk_format qcow2") in error["message"]
     assert read(disk, 6) == b"BEFORE"
     assert read(disk, 5, 5 * GIB - 5) == b"AFTER"
+
+
+async def test_raw_declared_qcow2_fails_at_its_first_bytes(
+    tmp_path, loop_devices, agent_with, files
+):
+    """A qcow2 goes to a temp file before conversion; its first 4 KiB must show qcow2,
+    so a mislabelled image is refused without downloading the rest."""
+    data = os.urandom(24 * MIB)
+    disk = loop_devices(5 * GIB)
+    with open(disk, "r+b") as handle:
+        handle.write(b"BEFORE")
+    node = await agent_with([disk_entry(disk, 5 * GIB, "D1")])
+    files["disk.raw"] = Served(data, piece=MIB, delay=0.05)
+    result = await prepare(node, info(f"{files.base}/disk.raw", data, disk_format="qcow2"))
+    assert result["command_status"] == "FAILED"
+    assert result["command_error"]["code"] == 400
+    message = result["command_error"]["message"]
+    assert message == (
+        f"image_info says disk_format qcow2 but the image is raw; {disk} was not touched"
+    )
+    assert files["disk.raw"].sent < len(data) // 2
+    assert read(disk, 6) == b"BEFORE"
