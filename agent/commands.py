@@ -86,6 +86,9 @@ class Param:
     types: tuple[type, ...]
     required: bool = False
     nullable: bool = True
+    # What can be refused from the value alone, so that even an async command answers
+    # 400 at once; raises InvalidCommandParamsError.
+    check: Callable[[Any], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,8 @@ class Command:
                 raise InvalidCommandParamsError(
                     f"{name} must be {wanted}, not {_json_type(type(value))}"
                 )
+            if spec.check is not None and value is not None:
+                spec.check(value)
 
 
 def _json_type(kind: type) -> str:

@@ -46,6 +46,7 @@ class Config:
     command_history: int = 100
     inventory_max_age: float = 300.0
     max_body_bytes: int = 1024 * 1024
+    allow_loop_devices: bool = False  # attached loop devices as disks: trying Tacet out
     cmdline: str = field(default="", repr=False)  # may carry ipa-agent-token
     config_dir: Path = DEFAULT_CONFIG_DIR
     state_dir: Path = DEFAULT_STATE_DIR
@@ -183,6 +184,7 @@ SETTINGS: dict[str, Setting] = {
     "command-history": Setting("command_history", _positive_int),
     "inventory-max-age": Setting("inventory_max_age", _positive_float),
     "max-body-bytes": Setting("max_body_bytes", _positive_int),
+    "allow-loop-devices": Setting("allow_loop_devices", _bool),
 }
 IRONIC_NAMES = {s.ironic_name: name for name, s in SETTINGS.items() if s.ironic_name}
 TACET_PREFIX = "tacet."

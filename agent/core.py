@@ -1,4 +1,9 @@
-"""The running agent: configuration, identity, commands, token and node_info."""
+"""The running agent: configuration, identity, commands, token and node_info.
+
+It is handed its parts (command registry, inventory, power backend) rather than making
+them: ``daemon.build_agent`` puts it together and registers the extensions, so this
+module imports none of them.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +36,8 @@ class Agent:
         config: Config,
         identity: Identity,
         power: PowerBackend,
-        collect_inventory: Any = None,
+        registry: Registry,
+        inventory: InventoryCache,
     ) -> None:
         self.config = config
         self.identity = identity
@@ -39,7 +45,7 @@ class Agent:
         self.started_at = time.time()
         self.ssl_context: ssl.SSLContext | None = None
         self.state = StateStore(config.state_dir)
-        self.registry = Registry()
+        self.registry = registry
         self.executor = Executor(
             registry=self.registry,
             history_limit=config.command_history,
@@ -54,20 +60,8 @@ class Agent:
             token_digest(config.agent_token) if config.agent_token else None
         )
         self.node_info: dict[str, Any] | None = self.state.get("node_info")
-        if collect_inventory is None:
-
-            def collect_inventory() -> dict[str, Any]:
-                # Imported on first use, after the listener is up: keeps start-up short.
-                from hardware import collect_inventory as collect
-                from hardware import live_sources
-
-                return collect(live_sources(cmdline=config.cmdline)).to_dict()
-
-        self.inventory = InventoryCache(collect_inventory, config.inventory_max_age)
+        self.inventory = inventory
         self.state.update(mode=config.mode)
-        from .extensions import register_all
-
-        register_all(self)
 
     # -- tokens -----------------------------------------------------------------------
     @property

@@ -17,18 +17,52 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
+from .commands import Registry
 from .config import KERNEL, Config
 from .core import Agent
+from .extensions import log, poll, standby, steps
 from .gate import TlsGate
-from .inventory_cache import UDEV_CONTROL
+from .inventory_cache import UDEV_CONTROL, InventoryCache
 from .power import PowerBackend, SystemPower
-from .tls import load_identity, local_addresses, server_context
+from .tls import Identity, load_identity, local_addresses, server_context
 
 LOG = logging.getLogger(__name__)
 WARMUP_DELAY = 0.5  # seconds after the listener is up
 NETWORK_POLL = 0.2  # seconds between looks at the host's addresses while waiting
 UDEV_WAIT = 60.0  # seconds the warm-up keeps looking for a udev daemon that starts late
 UDEV_POLL = 0.5
+
+
+def live_inventory(config: Config) -> Callable[[], dict[str, Any]]:
+    """This machine's inventory, as the config asks for it (loop devices or not)."""
+
+    def collect() -> dict[str, Any]:
+        # Imported on first use, after the listener is up: keeps start-up short.
+        from hardware import collect_inventory, live_sources
+
+        sources = live_sources(cmdline=config.cmdline)
+        inventory = collect_inventory(sources, allow_loop_devices=config.allow_loop_devices)
+        return inventory.to_dict()
+
+    return collect
+
+
+def build_agent(
+    config: Config,
+    identity: Identity,
+    power: PowerBackend,
+    collect_inventory: Callable[[], dict[str, Any]] | None = None,
+) -> Agent:
+    """The agent, put together in this one place: its command registry with every
+    extension registered, its inventory (this machine's unless ``collect_inventory``
+    is given) and its power backend."""
+    inventory = InventoryCache(
+        collect_inventory or live_inventory(config), config.inventory_max_age
+    )
+    agent = Agent(config, identity, power, Registry(), inventory)
+    for extension in (poll, standby, log, steps):
+        extension.register(agent)
+    return agent
 
 
 def notify_systemd(state: str, environ: dict[str, str] | None = None) -> bool:
@@ -161,7 +195,7 @@ class AgentServer:
         identity = load_identity(
             config.state_dir, certificate_addresses(config), config.cert_file, config.key_file
         )
-        agent = Agent(config, identity, self.power, collect_inventory=self.collect_inventory)
+        agent = build_agent(config, identity, self.power, self.collect_inventory)
         agent.ssl_context = server_context(identity, config.tls_min_version, config.client_ca_file)
         # auto_decompress=False: request bodies are taken as sent (ironic never compresses).
         # Decoding them in aiohttp's parser turned a truncated gzip/deflate body, or a br/zstd
@@ -260,11 +294,9 @@ async def serve(
 
 
 def configure_logging(debug: bool) -> None:
-    from .extensions.log import AGENT_LOG
-
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger().addHandler(AGENT_LOG)
+    logging.getLogger().addHandler(log.AGENT_LOG)

@@ -13,12 +13,18 @@ SECTOR = 512
 # Kernel block majors that are never install targets: ramdisk, floppy, loop, SCSI CD-ROM.
 EXCLUDED_MAJORS = frozenset({"1", "2", "7", "11"})
 EXCLUDED_NAME = re.compile(r"^(?:loop|ram|zram|sr|fd|nbd)\d")
+LOOP_NAME = re.compile(r"^loop\d+$")
 HCTL = re.compile(r"^\d+:\d+:\d+:\d+$")
 
 
 def is_multipath_map(record: UdevRecord, dm_uuid: str | None) -> bool:
     uuid = record.properties.get("DM_UUID") or dm_uuid or ""
     return uuid.startswith("mpath-")
+
+
+def is_loop_device(device: str) -> bool:
+    """``/dev/loop3`` or ``loop3`` (not one of its partitions)."""
+    return bool(LOOP_NAME.match(device.removeprefix("/dev/")))
 
 
 def hctl_from_devpath(devpath: str) -> str | None:
@@ -68,9 +74,12 @@ def _first(*values: str | None) -> str | None:
 
 
 class DiskCollector:
-    def __init__(self, sysfs: Path, udev: UdevSource) -> None:
+    def __init__(self, sysfs: Path, udev: UdevSource, allow_loop_devices: bool = False) -> None:
+        """``allow_loop_devices``: attached loop devices (with a backing file) count as
+        disks, for trying things out on a machine without a spare disk."""
         self.sysfs = sysfs
         self.udev = udev
+        self.allow_loop_devices = allow_loop_devices
 
     def _dir(self, record: UdevRecord) -> Path:
         return self.sysfs / record.devpath.lstrip("/")
@@ -92,11 +101,14 @@ class DiskCollector:
             return False
         name = record.devname.removeprefix("/dev/")
         props = record.properties
+        directory = self._dir(record)
+        if self.allow_loop_devices and is_loop_device(name):
+            backing = read_stripped(directory / "loop" / "backing_file")
+            return bool(backing) and bool(read_int(directory / "size"))
         if EXCLUDED_NAME.match(name) or props.get("MAJOR") in EXCLUDED_MAJORS:
             return False
         if props.get("ID_CDROM") == "1" or props.get("ID_TYPE") in ("cd", "floppy"):
             return False
-        directory = self._dir(record)
         if name.startswith("dm-") and not is_multipath_map(record, self._dm_uuid(directory)):
             return False  # LVM, crypt and other dm targets are not disks
         if self._is_multipath_member(record, directory):

@@ -28,7 +28,9 @@ DEFAULT_TIMEOUTS = {"bmc": 25.0}
 DEFAULT_TIMEOUT = 10.0
 
 
-def collectors(sources: Sources, lldp_timeout: float | None = None) -> dict[str, Callable[[], Any]]:
+def collectors(
+    sources: Sources, lldp_timeout: float | None = None, allow_loop_devices: bool = False
+) -> dict[str, Callable[[], Any]]:
     """Inventory part name to a zero-argument function that collects it."""
     facts = functools.cache(sources.facts)  # several parts need it; read the host once
 
@@ -41,7 +43,7 @@ def collectors(sources: Sources, lldp_timeout: float | None = None) -> dict[str,
             if lldp_timeout is None
             else (lambda names: sources.lldp(names, lldp_timeout)),
         ).collect,
-        "disks": DiskCollector(sources.sysfs, sources.udev).collect,
+        "disks": DiskCollector(sources.sysfs, sources.udev, allow_loop_devices).collect,
         "cpu": CpuCollector(
             sources.sysfs,
             sources.procfs,
@@ -62,17 +64,19 @@ def collect_inventory(
     sources: Sources | None = None,
     timeouts: dict[str, float] | None = None,
     lldp_timeout: float | None = None,
+    allow_loop_devices: bool = False,
 ) -> Inventory:
     """The IPA-compatible inventory; a failed or slow part becomes null, and is logged.
 
     ``lldp_timeout`` (seconds) turns on LLDP capture on physical NICs; without it
-    every ``lldp`` is null and collection stays fast.
+    every ``lldp`` is null and collection stays fast. ``allow_loop_devices`` lists
+    attached loop devices among the disks (see :class:`hardware.disks.DiskCollector`).
     """
     sources = sources or live_sources()
     limits = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
     if lldp_timeout is not None:
         limits["interfaces"] = limits.get("interfaces", DEFAULT_TIMEOUT) + lldp_timeout
-    parts = collectors(sources, lldp_timeout)
+    parts = collectors(sources, lldp_timeout, allow_loop_devices)
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
     pool = ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="inventory")

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from .errors import BadInput, ImageError
+
 ALGORITHMS = ("sha256", "sha384", "sha512")
 BY_LENGTH = {64: "sha256", 96: "sha384", 128: "sha512", 32: "md5"}
 _HEX = re.compile(r"[0-9a-fA-F]+")
@@ -30,15 +32,11 @@ _HEX = re.compile(r"[0-9a-fA-F]+")
 _LINE = re.compile(r"^\\?([0-9a-fA-F]+) [ *](.+)$")
 
 
-class ImageError(Exception):
-    """Anything that stops an image from being fetched or accepted."""
-
-
 class ChecksumError(ImageError):
     """The expected checksum is missing, ambiguous, malformed or not acceptable."""
 
 
-class ChecksumMismatch(ImageError):
+class ChecksumMismatch(BadInput):
     """The image's digest is not the expected one."""
 
     def __init__(self, algorithm: str, expected: str, actual: str) -> None:

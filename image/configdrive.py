@@ -20,7 +20,7 @@ import subprocess
 import zlib
 from dataclasses import dataclass
 
-from .checksum import ImageError
+from .errors import ImageError
 from .partitions import SECTOR, Partition, PartitionTable, parse_partition_table, read_head
 from .writer import _pwrite_all, device_size
 

@@ -27,11 +27,11 @@ from yarl import URL
 
 from image.checksum import (
     ChecksumURL,
-    ImageError,
     Verifier,
     expected_checksum,
     parse_checksum_file,
 )
+from image.errors import ImageError
 from image.pipeline import Stage
 from wire.tls import client_context
 

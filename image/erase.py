@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checksum import ImageError
+from .errors import ImageError
 from .partitions import SECTOR, parse_partition_table, read_head
 from .writer import WIPE_BYTES, _pwrite_all, device_size, holds_mounts, mounted_devices
 

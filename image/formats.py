@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .checksum import ImageError
+from .errors import BadInput
 
 HEAD_BYTES = 4096
 COMPRESSED = ("gzip", "xz", "zstd")
@@ -35,7 +35,7 @@ _KNOWN_INCOMPATIBLE = _DIRTY | _CORRUPT | _EXTERNAL_DATA | _COMPRESSION_TYPE | _
 _EXT_END, _EXT_DATA_FILE = 0, 0x44415441
 
 
-class FormatError(ImageError):
+class FormatError(BadInput):
     """The image is not of a permitted format, or is unsafe to convert."""
 
 

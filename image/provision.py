@@ -1,7 +1,10 @@
-"""``standby.prepare_image``: pick the target disk, stream the image onto it, verify, sync.
+"""Writing an image onto one disk: stream or convert it, verify, sync, add a configdrive.
 
-Raw and compressed raw images stream onto the disk (:mod:`image.sink`); qcow2 goes
-through a checked temp file and ``qemu-img convert`` (:mod:`image.qemu`).
+Raw and compressed raw images stream onto the disk (:mod:`image.sink`), their format
+checked from the first bytes before any byte reaches the disk; qcow2 goes through a
+checked temp file and ``qemu-img convert`` (:mod:`image.qemu`). Which disk, and what a
+failure means to whoever asked, is the caller's business: this module raises the
+:mod:`image.errors` kinds and returns the partition UUIDs it found.
 """
 
 from __future__ import annotations
@@ -14,18 +17,12 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
 
-from agent.commands import CommandError, InvalidCommandParamsError, report_progress
-from hardware.hints import HintError, NoMatchingDisk, select_root_device
-from hardware.model import Disk
-
-from .checksum import ChecksumMismatch, ImageError
-from .configdrive import MAX_SIZE, ConfigDriveError
-from .configdrive import decode as decode_configdrive
+from .configdrive import ConfigDriveError
 from .configdrive import write as configdrive_write
-from .download import Progress, download, fetch_small
+from .download import Progress, download
+from .errors import Conflict, ImageError, with_outcome
 from .formats import HEAD_BYTES, FormatError, check_permitted, check_qcow2, detect, parse_qcow2
 from .partitions import parse_partition_table, partition_uuids, read_head
 from .qemu import convert
@@ -39,9 +36,6 @@ from .writer import (
     wipe_ends,
 )
 
-if TYPE_CHECKING:
-    from agent.core import Agent
-
 LOG = logging.getLogger(__name__)
 # ironic's permitted_image_formats idea: only formats whose headers are inspected here.
 PERMITTED_FORMATS = ("raw", "qcow2")
@@ -53,100 +47,23 @@ TMP_RESERVE = 64 * 1024 * 1024
 BLKRRPART = 0x125F
 
 
-class ImageWriteError(CommandError):
-    code = 500
+class DiskInUse(Conflict):
+    """The disk holds a mounted filesystem, or a device is built on it."""
 
 
-def root_device_hints(node_info: dict[str, Any] | None) -> dict[str, Any] | None:
-    node = (node_info or {}).get("node") or {}
-    for section in ("instance_info", "properties"):
-        hints = (node.get(section) or {}).get("root_device")
-        if hints:
-            return dict(hints)
-    return None
+def check_disk_format(disk_format: Any) -> str | None:
+    """The declared ``disk_format`` (None when absent), refused when it cannot be written.
 
-
-def choose_disk(inventory: dict[str, Any], node_info: dict[str, Any] | None) -> Disk:
-    disks = [Disk(**disk) for disk in inventory.get("disks") or []]
-    try:
-        return select_root_device(disks, root_device_hints(node_info))
-    except HintError as exc:
-        raise InvalidCommandParamsError(f"root device hints: {exc}") from None
-    except NoMatchingDisk as exc:
-        raise ImageWriteError(str(exc), code=409) from None
-
-
-async def write_image(
-    agent: Agent,
-    image_info: dict[str, Any],
-    configdrive: str | None,
-    node: dict[str, Any] | None = None,
-) -> str:
-    """Write the image; root-device hints come from ``node`` (a deploy step's) or the
-    stored node_info."""
-    disk_format = image_info.get("disk_format") or None
-    if disk_format is not None and disk_format not in PERMITTED_FORMATS:
-        raise InvalidCommandParamsError(
+    Known from the request alone, so a caller can refuse it before anything starts.
+    """
+    if disk_format is None or disk_format == "":
+        return None
+    if not isinstance(disk_format, str) or disk_format not in PERMITTED_FORMATS:
+        raise FormatError(
             f"disk_format {disk_format!r} is not permitted "
             f"(permitted: {', '.join(PERMITTED_FORMATS)})"
         )
-    drive = await fetch_configdrive(configdrive, image_info) if configdrive else None
-    inventory = await agent.inventory.get(refresh=True)
-    disk = choose_disk(inventory, {"node": node} if node else agent.node_info)
-    check_not_in_use(disk.name)
-    LOG.warning("prepare_image: writing image %s to %s", image_info.get("id"), disk.name)
-    job = ImageJob(disk.name)
-    report_progress(job.status)
-    try:
-        if disk_format in (None, "raw"):
-            await job.stream(image_info)
-        else:
-            await job.convert(image_info, disk_format)
-    except asyncio.CancelledError:
-        if job.touched:  # the agent is stopping mid-write: leave nothing bootable
-            wipe_ends(disk.name)  # 2 MiB and an fsync; the writing threads are done
-        raise
-    except ImageError as exc:
-        code = 400 if isinstance(exc, ChecksumMismatch | FormatError | ImageTooLarge) else 500
-        if not job.touched:
-            raise ImageWriteError(f"{exc}; {disk.name} was not touched", code=code) from None
-        # Never leave a half-written or unverified image that could boot as if good.
-        wipe_ends(disk.name)
-        raise ImageWriteError(f"{exc}; {disk.name} was wiped", code=code) from None
-    reread_partition_table(disk.name)
-    if drive is not None:
-        job.stage = "configdrive"
-        try:
-            placed = await asyncio.get_running_loop().run_in_executor(
-                None, configdrive_write, disk.name, drive
-            )
-        except ConfigDriveError as exc:
-            raise ImageWriteError(f"image written, but the configdrive failed: {exc}") from None
-        LOG.info("configdrive written to partition %d of %s", placed.partition, disk.name)
-        reread_partition_table(disk.name)
-    uuids = partition_uuids(disk.name, parse_partition_table(read_head(disk.name)))
-    agent.partition_uuids = uuids
-    return (
-        f"image ({image_info.get('id')}) written to device {disk.name} "
-        f"root_uuid={uuids['root uuid']}"
-    )
-
-
-async def fetch_configdrive(configdrive: str, image_info: dict[str, Any]) -> bytes:
-    """The configdrive image, checked before the disk is touched (400 when bad)."""
-    try:
-        if urlsplit(configdrive.strip()).scheme.lower() in ("http", "https"):
-            # the image server's credentials are not sent to the configdrive's server
-            network: dict[str, Any] = {
-                k: image_info[k] for k in ("proxies", "no_proxy") if k in image_info
-            }
-            body = await fetch_small(
-                configdrive.strip(), 2 * MAX_SIZE, "configdrive", image_info=network
-            )
-            return decode_configdrive(body)
-        return decode_configdrive(configdrive)
-    except ImageError as exc:
-        raise InvalidCommandParamsError(f"configdrive: {exc}") from None
+    return disk_format
 
 
 def check_not_in_use(device: str, sys_block: Path = SYS_BLOCK) -> None:
@@ -156,28 +73,45 @@ def check_not_in_use(device: str, sys_block: Path = SYS_BLOCK) -> None:
     except OSError:
         mounts = ""
     if holds_mounts(device, mounted_devices(mounts)):
-        raise ImageWriteError(
-            f"refusing to write to {device}: it holds a mounted filesystem", code=409
-        )
+        raise DiskInUse(f"refusing to write to {device}: it holds a mounted filesystem")
     users = holders(device, sys_block)
     if users:
-        raise ImageWriteError(
+        raise DiskInUse(
             f"refusing to write to {device}: it is in use by {', '.join(users)} "
-            "(LVM, device-mapper or md)",
-            code=409,
+            "(LVM, device-mapper or md)"
         )
 
 
 class ImageJob:
-    """One image write and what it has done so far (shown while the command runs)."""
+    """One image write onto ``device`` and what it has done so far (:meth:`status`).
 
-    def __init__(self, device: str) -> None:
+    ``disk_format`` is what the request declared (see :func:`check_disk_format`);
+    ``configdrive`` the decoded configdrive image to add after the image, if any.
+    """
+
+    def __init__(
+        self,
+        device: str,
+        image_info: dict[str, Any],
+        disk_format: str | None = None,
+        configdrive: bytes | None = None,
+    ) -> None:
         self.device = device
+        self.image_info = image_info
+        self.disk_format = check_disk_format(disk_format)
+        self.configdrive = configdrive
         self.progress = Progress()
         self.sink: StreamSink | None = None
         self.stage = "download"
         self.converted = 0
-        self.touched = False  # the device may hold part of this image
+        self.converting = False
+
+    @property
+    def touched(self) -> bool:
+        """The device may hold part of this image (so a failure must wipe it)."""
+        if self.converting:
+            return True
+        return self.sink is not None and self.sink.kind != "as-is" and self.sink.writer.started
 
     def status(self) -> dict[str, Any]:
         written = self.converted
@@ -193,18 +127,57 @@ class ImageJob:
             "rate_bytes_per_second": round(self.progress.rate, 1),
         }
 
-    async def stream(self, image_info: dict[str, Any]) -> None:
-        """Raw or compressed raw: download, hash, decompress and write overlapped."""
-        self.touched = True
-        self.sink = StreamSink(DiskWriter(self.device), progress=self.progress)
+    async def run(self) -> dict[str, Any]:
+        """Write, verify and sync the image, then the configdrive; the partition UUIDs.
+
+        A failure before the first byte reached the disk says the disk "was not
+        touched"; after it, both ends of the disk are wiped (a half-written or
+        unverified image must never boot as if good) and the message says so.
+        """
+        device = self.device
         try:
-            await download(image_info, self.sink, progress=self.progress)
+            if self.disk_format in (None, "raw"):
+                await self._stream()
+            else:
+                await self._convert()
+        except asyncio.CancelledError:
+            if self.touched:  # the caller is stopping mid-write: leave nothing bootable
+                wipe_ends(device)  # 2 MiB and an fsync; the writing threads are done
+            raise
+        except ImageError as exc:
+            if not self.touched:
+                raise with_outcome(exc, f"{device} was not touched") from None
+            wipe_ends(device)
+            raise with_outcome(exc, f"{device} was wiped") from None
+        reread_partition_table(device)
+        if self.configdrive is not None:
+            self.stage = "configdrive"
+            try:
+                placed = await asyncio.get_running_loop().run_in_executor(
+                    None, configdrive_write, device, self.configdrive
+                )
+            except ConfigDriveError as exc:
+                raise ConfigDriveError(
+                    f"image written, but the configdrive failed: {exc}"
+                ) from None
+            LOG.info("configdrive written to partition %d of %s", placed.partition, device)
+            reread_partition_table(device)
+        return partition_uuids(device, parse_partition_table(read_head(device)))
+
+    async def _stream(self) -> None:
+        """Raw or compressed raw: download, hash, decompress and write overlapped."""
+        self.sink = StreamSink(
+            DiskWriter(self.device), progress=self.progress, declared=self.disk_format
+        )
+        try:
+            await download(self.image_info, self.sink, progress=self.progress)
             await self.sink.finish()
         finally:
             self.sink.close()
 
-    async def convert(self, image_info: dict[str, Any], disk_format: str) -> None:
-        """qcow2 and friends: to a temp file (room checked), inspect, qemu-img convert."""
+    async def _convert(self) -> None:
+        """qcow2: to a temp file (room checked, its first bytes checked for qcow2 as they
+        arrive), inspect the header, qemu-img convert."""
         TMP_DIR.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(dir=TMP_DIR, prefix="tacet-image-")
         os.close(handle)
@@ -213,16 +186,18 @@ class ImageJob:
             free = shutil.disk_usage(TMP_DIR).free - TMP_RESERVE
             room = f"{TMP_DIR} has {max(free, 0)} bytes free for the download"
             writer = DiskWriter(temp, direct=False, limit=max(free, 0), room=room)
-            self.sink = StreamSink(writer, progress=self.progress, inspect=False)
+            self.sink = StreamSink(
+                writer, progress=self.progress, inspect=False, declared=self.disk_format
+            )
             try:
-                await download(image_info, self.sink, progress=self.progress)
+                await download(self.image_info, self.sink, progress=self.progress)
                 await self.sink.finish()
             finally:
                 self.sink.close()
             with open(temp, "rb") as source:
                 head = source.read(HEAD_BYTES)
             kind = detect(head)
-            check_permitted(kind, disk_format, PERMITTED_FORMATS)
+            check_permitted(kind, self.disk_format, PERMITTED_FORMATS)
             size = temp.stat().st_size
             if kind == "qcow2":
                 info = parse_qcow2(head)
@@ -239,7 +214,7 @@ class ImageJob:
                 self.converted = int(size * percent / 100)
 
             self.stage = "convert"
-            self.touched = True
+            self.converting = True
             await convert(temp, self.device, kind, on_percent)
             self.converted = size
         finally:

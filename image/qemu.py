@@ -16,7 +16,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from .checksum import ImageError
+from .errors import ImageError
 
 _PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 

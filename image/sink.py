@@ -25,10 +25,16 @@ class StreamSink:
         *,
         progress: Progress | None = None,
         inspect: bool = True,
+        declared: str | None = None,
     ) -> None:
-        """``inspect=False`` stores the bytes as they come (a qcow2 into a temp file).
-        ``progress`` tells the download size, checked against the room before writing."""
+        """``inspect=False`` stores the bytes as they come (a qcow2 into a temp file),
+        once their first bytes show the ``declared`` format when one is given.
+        ``progress`` tells the download size, checked against the room before writing.
+        Inspecting, ``declared`` is the request's ``disk_format`` (None or raw), named
+        when refusing."""
         self.writer = writer
+        self.declared = declared
+        self.head_checked = inspect or declared is None  # as-is: no head to wait for
         self.progress = progress
         self.inspect = inspect
         self.kind: str | None = None if inspect else "as-is"
@@ -51,6 +57,12 @@ class StreamSink:
     async def write(self, chunk: bytes | bytearray) -> None:
         if self.kind == "as-is" and not self.written:
             self._check_total()
+        if not self.head_checked:
+            self.head += chunk
+            if len(self.head) < HEAD_BYTES:
+                return
+            chunk, self.head = bytes(self.head), bytearray()
+            self._check_declared(chunk)
         if self.kind is None:
             self.head += chunk
             if len(self.head) < HEAD_BYTES:
@@ -70,7 +82,28 @@ class StreamSink:
         elif self.kind == "raw":
             self._check_total()
         else:
-            raise FormatError(f"the image is {self.kind}, not raw: it cannot be streamed")
+            raise FormatError(self._refusal(self.kind))
+
+    def _check_declared(self, head: bytes) -> None:
+        """Stored as-is: the first bytes must be of the declared format, so a mislabelled
+        image fails at its first 4 KiB rather than after its whole download."""
+        self.head_checked = True
+        kind = detect(head)
+        if kind != self.declared:
+            raise FormatError(
+                f"image_info says disk_format {self.declared} but the image is {kind}"
+            )
+
+    def _refusal(self, kind: str) -> str:
+        if self.declared == "raw":
+            return f"the image is {kind}, but disk_format says raw: it cannot be streamed"
+        if kind == "qcow2":
+            return (
+                "the image is qcow2 but no disk_format was given: only raw images "
+                "(or gzip, xz or zstd of one) are streamed; declare disk_format qcow2 "
+                "to have it converted"
+            )
+        return f"the image is {kind}, not raw: it cannot be streamed"
 
     def _decode(self, chunk: bytes | bytearray | None) -> None:
         """Decompression thread: ``None`` means the end of the stream."""
@@ -93,12 +126,18 @@ class StreamSink:
         await self.write_stage.discard()
         self.writer.reset()
         self.kind = None if self.inspect else "as-is"
+        self.head_checked = self.inspect or self.declared is None
         self.head = bytearray()
         self.decoder = None
         self.decoded_head = None
 
     async def finish(self) -> None:
         """Everything received is decoded, written and fsynced when this returns."""
+        if not self.head_checked:  # stored as-is, smaller than HEAD_BYTES
+            head, self.head = bytes(self.head), bytearray()
+            self._check_declared(head)
+            if head:
+                await self._put(head)
         if self.kind is None:  # an image smaller than HEAD_BYTES
             head, self.head = bytes(self.head), bytearray()
             self._start(head)

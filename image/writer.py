@@ -7,14 +7,14 @@ import mmap
 import os
 from pathlib import Path
 
-from .checksum import ImageError
+from .errors import BadInput
 
 WRITE_BLOCK = 8 * 1024 * 1024  # large aligned writes: block devices like them
 DIRECT_ALIGN = 4096
 WIPE_BYTES = 1024 * 1024
 
 
-class ImageTooLarge(ImageError):
+class ImageTooLarge(BadInput):
     """The image does not fit on the target."""
 
 
@@ -51,6 +51,7 @@ class DiskWriter:
         self.block = block
         self.fill = 0
         self.written = 0  # bytes handed to the kernel, from offset 0
+        self.started = False  # a write to the target was attempted: it may have changed
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -70,6 +71,7 @@ class DiskWriter:
     def _write(self, size: int) -> None:
         if self.written + size > self.limit:
             raise ImageTooLarge(f"the image is larger than {self.room}")
+        self.started = True
         data = memoryview(self.buffer)[:size]
         try:
             if self.direct_fd >= 0 and size % DIRECT_ALIGN == 0:

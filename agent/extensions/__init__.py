@@ -1,15 +1,2 @@
-"""Command extensions (poll, standby, log, clean, deploy), registered in one place."""
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ..core import Agent
-
-
-def register_all(agent: Agent) -> None:
-    from . import log, poll, standby, steps
-
-    for module in (poll, standby, log, steps):
-        module.register(agent)
+"""Command extensions (poll, standby, log, clean, deploy); ``daemon.build_agent``
+registers them on the agent it assembles."""

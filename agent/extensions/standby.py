@@ -1,4 +1,4 @@
-"""Syncing, powering off and rebooting, the image write, and the last image's partition UUIDs."""
+"""Syncing, powering off and rebooting, and writing an image (``prepare_image``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,12 @@ from ..commands import CommandError, Param
 
 if TYPE_CHECKING:
     from ..core import Agent
+
+
+def check_image_info(image_info: dict[str, Any]) -> None:
+    from .deploy import check_image_info as check
+
+    check(image_info)
 
 
 def register(agent: Agent) -> None:
@@ -25,7 +31,7 @@ def register(agent: Agent) -> None:
         await agent.power.reboot()
 
     async def prepare_image(image_info: dict[str, Any], configdrive: str | None = None) -> str:
-        from image.provision import write_image
+        from .deploy import write_image  # image/ loads on first use: a quicker start
 
         return await write_image(agent, image_info, configdrive)
 
@@ -41,7 +47,10 @@ def register(agent: Agent) -> None:
         "prepare_image",
         prepare_image,
         is_async=True,
-        params={"image_info": Param((dict,), required=True), "configdrive": Param((str,))},
+        params={
+            "image_info": Param((dict,), required=True, check=check_image_info),
+            "configdrive": Param((str,)),
+        },
     )
     agent.registry.add("standby", "power_off", power_off, is_async=True)
     agent.registry.add("standby", "run_image", run_image, is_async=True)

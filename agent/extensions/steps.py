@@ -1,6 +1,6 @@
 """Clean and deploy steps: only those the agent really implements.
 
-Deploy: ``write_image`` (see ``image/provision.py``), which is how ironic deploys a
+Deploy: ``write_image`` (see ``deploy.py``), which is how ironic deploys a
 whole-disk image through ``deploy.execute_deploy_step``. Clean and deploy:
 ``erase_devices_metadata`` and ``erase_devices`` (``image/erase.py``) with the
 priorities ironic-python-agent gives them, so ironic's automated cleaning runs them.
@@ -60,6 +60,12 @@ class VersionMismatch(CommandError):
     status = CLEAN_VERSION_MISMATCH
 
 
+def check_deploy_step(step: dict[str, Any]) -> None:
+    from .deploy import check_deploy_step as check
+
+    check(step)
+
+
 def register(agent: Agent) -> None:
     def lister(kind: str, steps: list[dict[str, Any]]) -> Any:
         async def get_steps(node: Any = None, ports: Any = None) -> dict[str, Any]:
@@ -80,7 +86,7 @@ def register(agent: Agent) -> None:
         name = step.get("step")
         if name not in ERASE_STEPS or step.get("interface", "deploy") != "deploy":
             raise InvalidCommandParamsError(f"unknown clean step {name!r}")
-        from image.erase_steps import run_erase_step
+        from .deploy import run_erase_step
 
         return {"clean_result": await run_erase_step(agent, name), "clean_step": step}
 
@@ -100,7 +106,7 @@ def register(agent: Agent) -> None:
         ):
             raise InvalidCommandParamsError(f"unknown deploy step {name!r}")
         if name in ERASE_STEPS:
-            from image.erase_steps import run_erase_step
+            from .deploy import run_erase_step
 
             return {"deploy_result": await run_erase_step(agent, name), "deploy_step": step}
         args = step.get("args") or {}
@@ -110,7 +116,7 @@ def register(agent: Agent) -> None:
         configdrive = args.get("configdrive")
         if configdrive is not None and not isinstance(configdrive, str):
             raise InvalidCommandParamsError("write_image args.configdrive must be a string")
-        from image.provision import write_image
+        from .deploy import write_image
 
         result = await write_image(agent, image_info, configdrive, node=node)
         return {"deploy_result": {"result": result}, "deploy_step": step}
@@ -136,7 +142,7 @@ def register(agent: Agent) -> None:
         execute_deploy_step,
         is_async=True,
         params={
-            "step": Param((dict,), required=True),
+            "step": Param((dict,), required=True, check=check_deploy_step),
             "node": Param((dict,)),
             "ports": Param((list,)),
             "deploy_version": Param((dict,)),

@@ -152,15 +152,15 @@ def test_callback_url_and_route_lookup():
 
 def test_insecure_is_explicit(tmp_path, caplog):
     from agent.config import Config
-    from agent.core import Agent
+    from agent.daemon import build_agent
     from agent.power import RecordingPower
     from agent.tls import load_identity
 
     config = Config(api_urls=("https://192.0.2.1:6385",), insecure=True, state_dir=tmp_path)
     identity = load_identity(tmp_path, [])
-    client = IronicClient(Agent(config, identity, RecordingPower(), collect_inventory=dict), 9999)
+    client = IronicClient(build_agent(config, identity, RecordingPower(), dict), 9999)
     assert client.ssl.verify_mode.name == "CERT_NONE"
     assert "NOT verified" in caplog.text
     secure = Config(api_urls=("https://192.0.2.1:6385",), state_dir=tmp_path)
-    client = IronicClient(Agent(secure, identity, RecordingPower(), collect_inventory=dict), 9999)
+    client = IronicClient(build_agent(secure, identity, RecordingPower(), dict), 9999)
     assert client.ssl.verify_mode.name == "CERT_REQUIRED"

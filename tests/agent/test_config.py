@@ -231,6 +231,7 @@ def test_every_setting_has_a_tacet_name(load, name: str) -> None:
         "api-url": "http://x",
         "insecure": "yes",
         "debug": "on",
+        "allow-loop-devices": "1",
         "tls-min-version": "1.3",
         "cert-file": "/c",
         "key-file": "/k",

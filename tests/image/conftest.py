@@ -87,10 +87,15 @@ class DisksInventory(FakeInventory):
 
 @pytest.fixture
 async def agent_with(tmp_path):
+    """An agent whose inventory lists ``disks``; the disks here are loop devices, so it
+    is told it may use them (``allow_loop_devices``) unless a test says otherwise."""
     runs = []
 
-    async def make(disks):
-        run_ = await start(tmp_path / f"state{len(runs)}", inventory=DisksInventory(disks))
+    async def make(disks, **overrides):
+        overrides.setdefault("allow_loop_devices", True)
+        run_ = await start(
+            tmp_path / f"state{len(runs)}", inventory=DisksInventory(disks), **overrides
+        )
         runs.append(run_)
         return run_
 
@@ -111,6 +116,7 @@ class Served:
     piece: int = 0  # >0: send in pieces of this size ...
     delay: float = 0.0  # ... sleeping this long between them
     requests: int = 0
+    sent: int = 0  # bytes the server managed to hand to the connection
 
 
 @pytest.fixture
@@ -148,6 +154,7 @@ async def files(aiohttp_server):
         step = item.piece or len(data) or 1
         for offset in range(0, len(data), step):
             await response.write(data[offset : offset + step])
+            item.sent += len(data[offset : offset + step])
             if item.delay:
                 await asyncio.sleep(item.delay)
         await response.write_eof()

@@ -10,8 +10,9 @@ import os
 
 import pytest
 
+from image.errors import Conflict
 from image.partitions import parse_partition_table
-from image.provision import ImageWriteError, check_not_in_use, holders
+from image.provision import DiskInUse, check_not_in_use, holders
 from tests.image.conftest import (
     GIB,
     MIB,
@@ -123,6 +124,7 @@ async def test_gzip_restarted_when_range_is_not_offered_and_bad_checksum_wipes(
     assert result["command_status"] == "FAILED"
     assert result["command_error"]["code"] == 400
     assert hashlib.sha256(blob).hexdigest() in result["command_error"]["message"]
+    assert result["command_error"]["message"].endswith(f"{disk} was wiped")
     assert read(disk, MIB) == bytes(MIB)
     assert read(disk, MIB, 5 * GIB - MIB) == bytes(MIB)
 
@@ -247,9 +249,10 @@ def test_disk_with_holders_refused(tmp_path):
     assert holders("/dev/sdb", sys_block) == ["dm-0"]
     assert holders("/dev/sdc", sys_block) == ["md0"]
     assert holders("/dev/sdd", sys_block) == []
-    with pytest.raises(ImageWriteError) as caught:
+    with pytest.raises(DiskInUse) as caught:
         check_not_in_use("/dev/sdb", sys_block)
-    assert caught.value.code == 409 and "in use by dm-0" in caught.value.message
+    assert isinstance(caught.value, Conflict)  # the agent answers 409
+    assert "in use by dm-0" in str(caught.value)
     check_not_in_use("/dev/sdd", sys_block)
 
 
@@ -280,3 +283,57 @@ async def test_agent_stopping_mid_write_wipes_the_disk(tmp_path, loop_devices, a
     assert listing["commands"][-1]["command_status"] == "FAILED"
     assert read(disk, MIB) == bytes(MIB)
     assert read(disk, 6, 5 * GIB - 6) == bytes(6)
+
+
+@pytest.mark.parametrize("declared", ["raw", None])
+async def test_qcow2_declared_raw_or_not_at_all_never_reaches_the_disk(
+    tmp_path, loop_devices, agent_with, files, declared
+):
+    """The head of the stream is inspected before the first byte is written: a qcow2 (by
+    qemu-img, larger than a write block) sent as raw, or with no disk_format, fails and
+    leaves the disk as it was (neither written nor wiped)."""
+    need("qemu-img")
+    (tmp_path / "source.raw").write_bytes(os.urandom(12 * MIB))
+    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(tmp_path / "source.raw"),
+        str(tmp_path / "disk.qcow2"))  # fmt: skip
+    blob = (tmp_path / "disk.qcow2").read_bytes()
+    assert len(blob) > 8 * MIB  # more than the first write block: streamed, it would land
+    disk = loop_devices(5 * GIB)
+    with open(disk, "r+b") as handle:
+        handle.write(b"BEFORE")
+        handle.seek(5 * GIB - 5)
+        handle.write(b"AFTER")
+    node = await agent_with([disk_entry(disk, 5 * GIB, "D1")])
+    files["disk.qcow2"] = Served(blob)
+    extra = {"disk_format": declared} if declared else {}
+    result = await prepare(node, info(f"{files.base}/disk.qcow2", blob, **extra))
+    assert result["command_status"] == "FAILED"
+    error = result["command_error"]
+    assert error["code"] == 400
+    assert error["message"].startswith("the image is qcow2")
+    assert error["message"].endswith(f"{disk} was not touched")
+    assert ("disk_format says raw" if declared else "declare disk_format qcow2") in error["message"]
+    assert read(disk, 6) == b"BEFORE"
+    assert read(disk, 5, 5 * GIB - 5) == b"AFTER"
+
+
+async def test_raw_declared_qcow2_fails_at_its_first_bytes(
+    tmp_path, loop_devices, agent_with, files
+):
+    """A qcow2 goes to a temp file before conversion; its first 4 KiB must show qcow2,
+    so a mislabelled image is refused without downloading the rest."""
+    data = os.urandom(24 * MIB)
+    disk = loop_devices(5 * GIB)
+    with open(disk, "r+b") as handle:
+        handle.write(b"BEFORE")
+    node = await agent_with([disk_entry(disk, 5 * GIB, "D1")])
+    files["disk.raw"] = Served(data, piece=MIB, delay=0.05)
+    result = await prepare(node, info(f"{files.base}/disk.raw", data, disk_format="qcow2"))
+    assert result["command_status"] == "FAILED"
+    assert result["command_error"]["code"] == 400
+    message = result["command_error"]["message"]
+    assert message == (
+        f"image_info says disk_format qcow2 but the image is raw; {disk} was not touched"
+    )
+    assert files["disk.raw"].sent < len(data) // 2
+    assert read(disk, 6) == b"BEFORE"

@@ -91,7 +91,10 @@ async def test_partition_uuids_before_any_image(node):
     assert result["command_status"] == "FAILED" and result["command_error"]["code"] == 409
 
 
-async def test_checksum_mismatch_fails_and_wipes_both_ends(node, image_server):
+async def test_checksum_mismatch_before_the_first_write_leaves_the_disk_alone(node, image_server):
+    """The whole image fits in the first write block: the digest is known wrong before
+    any byte reaches the disk, so nothing is written or wiped (a mismatch after data
+    reached the disk wipes both ends: test_devices.py)."""
     with open(node.disk, "r+b") as handle:
         handle.write(b"OLD-BOOT-SECTOR")
     wrong = "0" * 64
@@ -103,19 +106,20 @@ async def test_checksum_mismatch_fails_and_wipes_both_ends(node, image_server):
         wait=True,
     )
     assert result["command_status"] == "FAILED"
+    assert result["command_error"]["code"] == 400
     message = result["command_error"]["message"]
     assert wrong in message and hashlib.sha256(IMAGE).hexdigest() in message
+    assert message.endswith(f"{node.disk} was not touched")
     with open(node.disk, "rb") as handle:
-        assert handle.read(1024 * 1024) == bytes(1024 * 1024)
-        handle.seek(5 * GIB - 1024 * 1024)
-        assert handle.read() == bytes(1024 * 1024)
+        assert handle.read(15) == b"OLD-BOOT-SECTOR"
+        handle.seek(5 * GIB - 4)
+        assert handle.read() == b"TAIL"
 
 
 async def test_mislabelled_format_and_bad_configdrive_are_refused(node, image_server):
     info = image_info(image_server, hashlib.sha256(IMAGE).hexdigest())
     for params in (
         {"image_info": {**info, "disk_format": "qcow2"}},  # the bytes are raw
-        {"image_info": {**info, "disk_format": "vmdk"}},  # not permitted
         {"image_info": info, "configdrive": "H4sI"},
     ):
         _, result = await node.post({"name": "standby.prepare_image", "params": params}, wait=True)
@@ -123,6 +127,28 @@ async def test_mislabelled_format_and_bad_configdrive_are_refused(node, image_se
         assert result["command_error"]["code"] == 400
     with open(node.disk, "rb") as handle:
         assert handle.read(4) == bytes(4)  # untouched
+
+
+async def test_unsupported_disk_format_is_refused_when_asked(node, image_server):
+    """Known from the request alone: the POST itself answers 400 and no command runs,
+    for prepare_image and for ironic's write_image deploy step alike."""
+    info = image_info(image_server, hashlib.sha256(IMAGE).hexdigest())
+    for body in (
+        {
+            "name": "standby.prepare_image",
+            "params": {"image_info": {**info, "disk_format": "vmdk"}},
+        },
+        {
+            "name": "deploy.execute_deploy_step",
+            "params": {"step": deploy_step({**info, "disk_format": "vhd"})},
+        },
+        {"name": "standby.prepare_image", "params": {"image_info": {**info, "disk_format": 7}}},
+    ):
+        code, answer = await node.post(body)
+        assert code == 400, answer
+        assert "is not permitted (permitted: raw, qcow2)" in answer["faultstring"], answer
+    _, listing = await node.get("/v1/commands/")
+    assert listing["commands"] == []
 
 
 def test_mounted_device_detection():

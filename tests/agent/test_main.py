@@ -1,0 +1,45 @@
+"""tacet-agent's command line: plain help text, and the loop-device opt-in flag."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from agent.__main__ import load, main, parser
+
+
+def test_help_is_plain_text(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "--bundle FILE" in text and "--allow-loop-devices" in text
+    assert not re.search(r"``|:mod:|:func:|:class:", text), text
+
+
+@pytest.mark.parametrize(
+    ("argv", "cmdline", "allowed", "origin"),
+    [
+        ([], "quiet", False, "default"),
+        (["--allow-loop-devices"], "quiet", True, "--allow-loop-devices"),
+        ([], "tacet.allow-loop-devices=1", True, "kernel command line"),
+        ([], "tacet.allow-loop-devices", True, "kernel command line"),  # a bare flag
+    ],
+)
+def test_allow_loop_devices(tmp_path, argv, cmdline, allowed, origin):
+    (tmp_path / "cmdline").write_text(cmdline + "\n")
+    args = parser().parse_args(["--cmdline-file", str(tmp_path / "cmdline"), *argv])
+    config = load(args, tmp_path / "etc")
+    assert config.allow_loop_devices is allowed
+    assert config.origins["allow_loop_devices"] == origin
+
+
+def test_allow_loop_devices_in_a_toml_file(tmp_path):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "try.toml").write_text("allow-loop-devices = true\n")
+    (tmp_path / "cmdline").write_text("quiet\n")
+    args = parser().parse_args(["--cmdline-file", str(tmp_path / "cmdline")])
+    config = load(args, tmp_path / "etc")
+    assert config.allow_loop_devices
+    assert config.origins["allow_loop_devices"] == str(tmp_path / "etc" / "try.toml")
