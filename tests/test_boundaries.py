@@ -22,7 +22,8 @@ ALLOWED = {
     "hardware": set(),
     "image": {"wire"},
     "agent": {"wire", "hardware", "image"},
-    "conductor": {"wire"},
+    # the conductor checks a fleet file's root-device hints with the library's pure parser
+    "conductor": {"wire", "hardware"},
 }
 
 
@@ -149,3 +150,15 @@ def test_importing_loads_no_module_of_the_other_side(module, forbidden):
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_conductor_loads_only_the_hint_parser_of_hardware():
+    code = (
+        "import sys, conductor.fleet; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('hardware', 'pyudev', 'psutil', 'netifaces', 'aiohttp')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "['hardware', 'hardware.hints', 'hardware.model']"
