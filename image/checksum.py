@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .errors import BadInput, ImageError
+from .errors import BadInput
 
 ALGORITHMS = ("sha256", "sha384", "sha512")
 BY_LENGTH = {64: "sha256", 96: "sha384", 128: "sha512", 32: "md5"}
@@ -32,7 +32,7 @@ _HEX = re.compile(r"[0-9a-fA-F]+")
 _LINE = re.compile(r"^\\?([0-9a-fA-F]+) [ *](.+)$")
 
 
-class ChecksumError(ImageError):
+class ChecksumError(BadInput):
     """The expected checksum is missing, ambiguous, malformed or not acceptable."""
 
 

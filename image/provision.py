@@ -19,10 +19,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .checksum import expected_checksum
 from .configdrive import ConfigDriveError
 from .configdrive import write as configdrive_write
 from .download import Progress, download
-from .errors import Conflict, ImageError, with_outcome
+from .errors import BadInput, Conflict, ImageError, with_outcome
 from .formats import HEAD_BYTES, FormatError, check_permitted, check_qcow2, detect, parse_qcow2
 from .partitions import parse_partition_table, partition_uuids, read_head
 from .qemu import convert
@@ -49,6 +50,16 @@ BLKRRPART = 0x125F
 
 class DiskInUse(Conflict):
     """The disk holds a mounted filesystem, or a device is built on it."""
+
+
+def check_request(image_info: dict[str, Any]) -> None:
+    """Refuse what the request alone shows is wrong (no URL, no usable checksum, a format
+    that cannot be written), so the caller can answer before anything starts."""
+    urls = image_info.get("urls")
+    if not urls or not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise BadInput(f"image_info urls must be a non-empty list of URLs, not {urls!r}")
+    expected_checksum(image_info)
+    check_disk_format(image_info.get("disk_format"))
 
 
 def check_disk_format(disk_format: Any) -> str | None:

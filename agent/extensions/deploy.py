@@ -46,7 +46,7 @@ def command_error(error: ImageError) -> CommandError:
 def check_image_info(image_info: dict[str, Any]) -> None:
     """What can be refused from the request alone, before the command starts (400)."""
     try:
-        provision.check_disk_format(image_info.get("disk_format"))
+        provision.check_request(image_info)
     except ImageError as exc:
         raise InvalidCommandParamsError(str(exc)) from None
 

@@ -12,11 +12,11 @@ from image.checksum import (
     ChecksumMismatch,
     ChecksumURL,
     Expected,
-    ImageError,
     Verifier,
     expected_checksum,
     parse_checksum_file,
 )
+from image.errors import ImageError
 
 DATA = b"tacet image bytes\n" * 100
 SHA256 = hashlib.sha256(DATA).hexdigest()

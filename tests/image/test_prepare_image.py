@@ -151,6 +151,31 @@ async def test_unsupported_disk_format_is_refused_when_asked(node, image_server)
     assert listing["commands"] == []
 
 
+async def test_request_without_checksum_or_urls_is_refused_before_anything_starts(
+    node, image_server
+):
+    """A missing checksum or URL list is a 400 on the POST: no command, the disk untouched."""
+    with open(node.disk, "r+b") as handle:
+        handle.write(b"precious")
+    info = image_info(image_server, hashlib.sha256(IMAGE).hexdigest())
+    no_checksum = {k: v for k, v in info.items() if k not in ("os_hash_algo", "os_hash_value")}
+    no_checksum.pop("checksum", None)
+    for bad, words in (
+        (no_checksum, "image_info has no checksum"),
+        ({**info, "urls": []}, "urls must be a non-empty list"),
+        ({**info, "os_hash_algo": "sha256", "os_hash_value": "zz"}, "os_hash_value"),
+    ):
+        code, answer = await node.post(
+            {"name": "standby.prepare_image", "params": {"image_info": bad}}
+        )
+        assert code == 400, answer
+        assert words in answer["faultstring"], answer
+    _, listing = await node.get("/v1/commands/")
+    assert listing["commands"] == []
+    with open(node.disk, "rb") as handle:
+        assert handle.read(8) == b"precious"
+
+
 def test_mounted_device_detection():
     mounted = mounted_devices(
         "/dev/sda2 / ext4 rw 0 0\nproc /proc proc rw 0 0\n/dev/nvme0n1p1 /boot/efi vfat rw 0 0\n"
