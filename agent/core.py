@@ -149,14 +149,16 @@ class Agent:
 def masked(node_info: dict[str, Any]) -> dict[str, Any]:
     """A copy with the agent token (and anything named like a secret) replaced by ******."""
 
-    def walk(value: Any, key: str = "") -> Any:
+    def secret(key: str) -> bool:
+        return any(s in key.lower() for s in ("token", "password", "secret"))
+
+    def walk(value: Any, hidden: bool = False) -> Any:
+        """``hidden``: under a secret-named key, where every value is secret."""
         if isinstance(value, dict):
-            return {k: walk(v, k) for k, v in value.items()}
+            return {k: walk(v, hidden or secret(k)) for k, v in value.items()}
         if isinstance(value, list):
-            return [walk(v) for v in value]
-        if value is not None and any(s in key.lower() for s in ("token", "password", "secret")):
-            return MASK
-        return value
+            return [walk(v, hidden) for v in value]
+        return MASK if hidden and value is not None else value
 
     result: dict[str, Any] = walk(node_info)
     return result

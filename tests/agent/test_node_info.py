@@ -94,3 +94,17 @@ async def test_tls_min_version_from_node_info_applies_to_new_connections(running
         }
     )
     assert running.agent.ssl_context.minimum_version == ssl.TLSVersion.TLSv1_3
+
+
+def test_masking_reaches_lists_under_secret_names():
+    from agent.core import masked
+
+    info = {
+        "node": {"driver_info": {"passwords": ["a", {"x": "b"}], "ports": [{"token": "t"}]}},
+        "config": {"secrets": [["deep"]], "hosts": ["h1"]},
+    }
+    out = masked(info)
+    assert out["node"]["driver_info"]["passwords"] == ["******", {"x": "******"}]
+    assert out["node"]["driver_info"]["ports"] == [{"token": "******"}]
+    assert out["config"]["secrets"] == [["******"]]
+    assert out["config"]["hosts"] == ["h1"]
