@@ -114,12 +114,14 @@ RUNS: dict[str, Run] = {
 }
 
 # Blocks run by a test function of their own (name -> that function's name).
-OWN_TESTS: dict[str, str] = {"workstation-walk": "test_the_workstation_walk"}
+OWN_TESTS: dict[str, str] = {
+    "workstation-walk": "test_the_workstation_walk",
+    "demo": "test_the_demo_agent_answers_the_commands_it_prints",
+}
 
 NOT_RUN: dict[str, str] = {
-    "tools": "tools/setup installs system packages, demo-agent runs until Ctrl-C, tools/test"
-    " is the CI command itself (.ci/run) and build-ramdisk needs root, debootstrap and"
-    " minutes: the ramdisk is built and booted by tools/test-e2e",
+    "tools": "tools/test is the CI command itself (.ci/run), and build-ramdisk needs root,"
+    " debootstrap and minutes: the ramdisk is built and booted by tools/test-e2e",
     "bench-fleet": "a timed benchmark of up to 5,000 agents that prints figures; it must run"
     " alone (bench/), not inside the unit suite",
     "dib-elements/README.md: tools/build-ramdisk"
@@ -271,3 +273,27 @@ def test_the_workstation_walk(tmp_path):
     for expected in WALK_EXPECT:
         assert expected in output, f"{expected!r} not in the output:\n{output}"
     assert not attached, "the walk left its loop device attached"
+
+
+def test_the_demo_agent_answers_the_commands_it_prints(tmp_path):
+    """README's first command as printed (tools/setup is what CI ran before the tests), in
+    the test's own network namespace; then every curl command the demo prints, as printed."""
+    block = block_named("demo").text
+    assert "./tools/setup && ./tools/demo-agent" in block
+    script = r"""cd ROOT
+TACET_DEMO_DIR=WORK/demo ./tools/setup > WORK/setup.log 2>&1
+TACET_DEMO_DIR=WORK/demo ./tools/demo-agent > WORK/demo.log 2>&1 &
+for _ in $(seq 150); do grep -q 'listening on' WORK/demo.log && break; sleep 0.2; done
+grep -q 'listening on' WORK/demo.log || { cat WORK/demo.log; exit 97; }
+# the commands the demo printed (indented under "In another terminal:"), continuation
+# lines joined
+sed -n '/In another terminal:/,/^[^ ]/p' WORK/demo.log | grep '^  ' | sed 's/^  *//' \
+    | sed -e ':a' -e '/\\$/N; s/\\\n//; ta' > WORK/printed.sh
+cat WORK/printed.sh
+test "$(grep -c '^curl ' WORK/printed.sh)" = 2
+while read -r command; do eval "$command -sS --fail-with-body"; echo; done < WORK/printed.sh
+""".replace("ROOT", str(ROOT)).replace("WORK", str(tmp_path))
+    output = run_in_namespaces(tmp_path, (), script)
+    assert '"mode": "passive"' in output or '"mode":"passive"' in output, output
+    assert '"command_status": "SUCCEEDED"' in output or '"command_status":"SUCCEEDED"' in output
+    assert '"interfaces"' in output, output
