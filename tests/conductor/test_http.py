@@ -104,16 +104,16 @@ def test_a_truncated_answer_is_not_a_response():
         (b"SSH-2.0-OpenSSH\r\n\r\n", "status line"),
         (b"HTTP/1.1 2x0 OK\r\n\r\n", "status line"),
         (b"HTTP/1.1 2000 OK\r\n\r\n", "status line"),
-        (b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", "malformed header"),
-        (b"HTTP/1.1 200 OK\r\n folded: x\r\n\r\n", "malformed header"),
+        (b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", "illegal header line"),
+        (b"HTTP/1.1 200 OK\r\n folded: x\r\n\r\n", "continuation line"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "conflicting"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "bad Content-Length"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "Transfer-Encoding"),
         (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\n", "Content-Encoding"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "chunk size"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n", "CRLF"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}}", "more data"),
-        (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 20000, "too large"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "illegal chunk header"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n", "chunk footer"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}}", "after the end"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 20000, "Receive buffer too long"),
     ],
 )
 def test_malformed_answers(raw, message):
@@ -291,7 +291,7 @@ async def test_dropped_before_the_answer(scripted):
 async def test_unreadable_http_is_a_protocol_error(scripted):
     _script, client = await scripted(lambda request: b"HTTP/1.1 200 OK\r\nbroken\r\n\r\n")
     async with client:
-        with pytest.raises(ProtocolError, match="bad HTTP answer: malformed header"):
+        with pytest.raises(ProtocolError, match="bad HTTP answer: illegal header line"):
             await client.status()
     answer = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n{}"
     _script, client = await scripted(lambda request: answer)
