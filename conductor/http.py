@@ -116,7 +116,8 @@ class ResponseReader:
         except h11.LocalProtocolError as exc:
             raise ValueError(f"cannot send this request: {exc}") from None
         self.request = b"".join(part for part in parts if part)
-        self.status = 0
+        self.status = 0  # until the (final) head has arrived
+        self._head_seen = 0
         self.headers: dict[str, str] = {}
         self.keep_alive = True
         self.body = bytearray()
@@ -129,6 +130,17 @@ class ResponseReader:
             raise BadHttp("data after the end of the response")
         if not data:
             return None  # to h11, no bytes would mean the end of the stream
+        if self.status == 0:  # h11 limits only a head that arrives in pieces: we count
+            room = MAX_HEAD - self._head_seen
+            self._head_seen += len(data)
+            if len(data) > room:
+                if room > 0:
+                    self._h11.receive_data(data[:room])
+                if self._events() is not None:
+                    raise BadHttp("data after the end of the response")
+                if self.status == 0:
+                    raise BadHttp(f"response head larger than {MAX_HEAD} bytes")
+                data = data[room:]
         self._h11.receive_data(data)
         return self._events()
 
@@ -147,6 +159,8 @@ class ResponseReader:
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as exc:
+                if exc.error_status_hint == 431:  # h11's max_incomplete_event_size
+                    raise BadHttp(f"response head larger than {MAX_HEAD} bytes") from None
                 raise BadHttp(_h11_message(exc)) from None
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return None
@@ -182,12 +196,12 @@ class ResponseReader:
             raise BadHttp("both Content-Length and Transfer-Encoding (ambiguous length)")
         length = headers.get("content-length")
         if length is not None:
-            if not (length.isascii() and length.isdigit()):
+            if not (length.isascii() and length.isdigit()):  # h11 checks this too
                 raise BadHttp(f"bad Content-Length {length!r}")
             if int(length) > self.max_body:
                 raise BadHttp(f"response body larger than {self.max_body} bytes")
-        encoding = headers.get("content-encoding", "identity").lower()
-        if encoding != "identity":  # we never send Accept-Encoding
+        encoding = headers.get("content-encoding", "identity")
+        if encoding.lower() != "identity":  # we never send Accept-Encoding
             raise BadHttp(f"unrequested Content-Encoding {encoding!r}")
         self.status, self.headers = event.status_code, headers
         self.keep_alive = event.http_version == b"1.1" and "close" not in connection
