@@ -258,6 +258,7 @@ class Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[Response] | None = None
         self.closed = False
         self.idle_since = 0.0
+        self.version: str | None = None  # the TLS version negotiated
         self.answered = False  # application data has arrived on this connection
         self.exchanges = 0
         self.failure: BaseException | None = None  # what ended it while no request was out
@@ -312,6 +313,7 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         self._flush()
+        self.version = self.tls.version()  # once the stream has failed, OpenSSL says None
         if self.resuming is not None:
             self.resuming.handshake_done(self.server_hostname, self.tls)
         self.ready.set_result(None)
@@ -386,7 +388,7 @@ class Connection(asyncio.Protocol):
         """
         if self.answered or self.exchanges > 1 or not self.ready.done():
             return False
-        if self.ready.exception() is not None or self.tls.version() != "TLSv1.3":
+        if self.ready.exception() is not None or self.version != "TLSv1.3":
             return False
         session = self.tls.session
         return session is None or not session.has_ticket

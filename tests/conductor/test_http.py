@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import Callable
 
 import pytest
@@ -18,6 +19,7 @@ from conductor.client import (
     ProtocolError,
     ResponseReader,
     Trust,
+    Unauthenticated,
     Unreachable,
     Untrusted,
 )
@@ -322,3 +324,61 @@ async def test_ca_mode_still_checks_the_address(start_node, test_pki):
         with pytest.raises(Untrusted, match="IP address mismatch"):
             await client.list_commands()
     assert node.agent.guard.summary().get("token", 0) == 0
+
+
+class CountingServerContext(ssl.SSLContext):
+    """A server context that counts the TLS connections made with it."""
+
+    wrapped = 0
+
+    def wrap_bio(self, *args, **kwargs):
+        type(self).wrapped += 1
+        return super().wrap_bio(*args, **kwargs)
+
+
+async def test_a_close_right_after_the_handshake_is_a_refused_certificate(test_pki):
+    """An agent whose TLS stack sends no alert (asyncio's SSL server, here) ends a TLS 1.3
+    connection without a session ticket when it refuses the client certificate: reported
+    as such on the first attempt, without retries that would feed its hold-off."""
+    context = CountingServerContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(test_pki.node_cert, test_pki.node_key)
+    context.load_verify_locations(cafile=test_pki.ca_pem)
+    context.verify_mode = ssl.CERT_REQUIRED
+    answered = []
+
+    async def handle(reader, writer):
+        answered.append(True)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    options = Options(Trust(cafile=test_pki.ca_pem), TOKEN, retries=3, backoff=0.01)
+    try:
+        async with AgentClient(f"127.0.0.1:{port}", options) as client:
+            with pytest.raises(Unauthenticated) as error:
+                await client.status()
+        assert "closed the connection right after the TLS handshake" in str(error.value)
+        assert "requires a client certificate: pass --cert and --key" in str(error.value)
+        assert CountingServerContext.wrapped == 1 and not answered
+        # with a certificate from another CA: named as a refused certificate
+        other = tmp_ca_client(test_pki)
+        trust = Trust(cafile=test_pki.ca_pem, certfile=other[0], keyfile=other[1])
+        async with AgentClient(f"127.0.0.1:{port}", Options(trust, retries=3)) as client:
+            with pytest.raises(Unauthenticated, match="refused our client certificate"):
+                await client.status()
+        assert CountingServerContext.wrapped == 2
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def tmp_ca_client(test_pki):
+    """A client certificate from a CA the server does not know."""
+    from conductor import pki
+
+    base = test_pki.ca.parent / "another-ca"
+    if not (base / "ca.pem").exists():
+        pki.init_ca(base)
+        pki.issue_client(base, "conductor")
+    client = pki.issue_client(base, "conductor-2")
+    return client.cert_path, client.key_path
