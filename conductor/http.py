@@ -7,7 +7,8 @@ body size as it arrives, and ``Connection: close`` in any Connection header.
 
 TLS is done by ``Connection`` itself with ``ssl.MemoryBIO`` over a plain TCP transport,
 not by asyncio's SSL transport: the connection then holds no 256 KiB read buffer (a
-conductor keeps up to a thousand connections open), it can offer the TLS session it got
+conductor keeps up to a thousand connections open; all share one, see ``_Landing``),
+it can offer the TLS session it got
 last time from the same agent (``session=``, an abbreviated handshake), and it sees the
 TLS alert or the close with which an agent refuses our client certificate.
 
@@ -22,10 +23,11 @@ import contextlib
 import gc
 import re
 import ssl
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import h11
 
@@ -34,7 +36,7 @@ from .tls import ResumingContext, conductor_context
 MAX_HEAD = 64 * 1024  # status line and header fields
 MAX_HEADERS = 100  # header fields in one response
 MAX_BODY = 1024 * 1024 * 1024  # the largest answer is the log archive (base64)
-READ_SIZE = 64 * 1024  # plaintext taken from TLS per read
+READ_SIZE = 64 * 1024  # bytes taken from the socket, and plaintext from TLS, per read
 MAX_MESSAGE = 200  # characters of the agent's bytes shown in an error message
 
 DEFAULT_KEPT_ALIVE = 1000
@@ -226,7 +228,24 @@ def tune_gc_for_polling(
     return True
 
 
-class Connection(asyncio.Protocol):
+class _Landing(threading.local):
+    """Where a thread's connections receive bytes: one buffer for all of them.
+
+    What the socket put there is copied into the connection's TLS input (or, once
+    decrypted, into its HTTP reader) in the same callback, with no await in between, so
+    the connections of one event loop can share it. Without it every read would allocate
+    its own: asyncio's plain transport receives into a new 256 KiB bytes object per read.
+    """
+
+    def __init__(self) -> None:
+        self.socket = memoryview(bytearray(READ_SIZE))
+        self.plaintext = memoryview(bytearray(READ_SIZE))
+
+
+_landing = _Landing()
+
+
+class Connection(asyncio.BufferedProtocol):
     """One TLS connection to an agent, one request at a time (HTTP/1.1, no pipelining).
 
     TLS runs here over ``ssl.MemoryBIO`` (see the module docstring); ``ready`` is done
@@ -271,10 +290,13 @@ class Connection(asyncio.Protocol):
         self.pool.connections_made += 1
         self._handshake()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _landing.socket
+
+    def buffer_updated(self, nbytes: int) -> None:
         if self.closed:
             return
-        self._incoming.write(data)
+        self._incoming.write(_landing.socket[:nbytes])
         if self.ready.done():
             self._read()
         else:
@@ -321,21 +343,23 @@ class Connection(asyncio.Protocol):
 
     def _read(self) -> None:
         while not self.closed:
+            landing = _landing.plaintext
             try:
-                data = self.tls.read(READ_SIZE)
+                # given a buffer, read() returns a count (typeshed says bytes)
+                count = cast(int, self.tls.read(READ_SIZE, landing))
             except ssl.SSLWantReadError:
                 break
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                data = b""
+                count = 0
             except ssl.SSLError as exc:  # an alert from the agent, or broken records
                 self._ended(exc)
                 self.close()
                 return
-            if not data:  # close_notify or the end of the stream
+            if not count:  # close_notify or the end of the stream
                 self._ended(None)
                 self.close()
                 return
-            self._plaintext(data)
+            self._plaintext(bytes(landing[:count]))
         self._flush()  # reading can answer the agent (a key update)
 
     def _plaintext(self, data: bytes) -> None:

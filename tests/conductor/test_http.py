@@ -382,3 +382,44 @@ def tmp_ca_client(test_pki):
         pki.issue_client(base, "conductor")
     client = pki.issue_client(base, "conductor-2")
     return client.cert_path, client.key_path
+
+
+async def test_connections_reading_at_once_each_get_their_own_bytes(test_pki):
+    """All connections of a loop receive through one shared buffer: answers several times
+    its size, sent in pieces to 20 connections at once, each arrive intact."""
+    from conductor.http import READ_SIZE, ResponseReader
+    from conductor.tls import conductor_context
+
+    size = 3 * READ_SIZE + 123
+    pem = test_pki.node_cert.read_text()
+    identity = Identity(test_pki.node_cert, test_pki.node_key, pem, fingerprint(pem), False)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        n = int(head.split(b" ")[1].strip(b"/"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        body = bytes([n]) * size
+        for start in range(0, size, 5000):
+            writer.write(body[start : start + 5000])
+            await writer.drain()
+            await asyncio.sleep(0)
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_context(identity))
+    port = server.sockets[0].getsockname()[1]
+    context = conductor_context(cafile=test_pki.ca_pem)
+    pool = Pool()
+
+    async def fetch(n: int) -> bytes:
+        connection = await pool.connect(context, "127.0.0.1", port, 5.0)
+        reader = ResponseReader("GET", f"/{n}", [("Host", "127.0.0.1")])
+        return (await connection.exchange(reader)).body
+
+    try:
+        answers = await asyncio.gather(*(fetch(n) for n in range(1, 21)))
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()
+    assert [a == bytes([n]) * size for n, a in enumerate(answers, 1)] == [True] * 20
