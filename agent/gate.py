@@ -256,7 +256,7 @@ class TlsTransport(asyncio.Transport):
         return self.gate.transport.get_extra_info(name, default)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self.closing or not data or self.gate.tls is None:
+        if not data or self.is_closing() or self.gate.tls is None or self.gate.state != "open":
             return
         self.gate.tls.write(data)
         self.gate._flush()
