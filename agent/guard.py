@@ -44,11 +44,19 @@ class Guard:
             return 0.0
         return max(0.0, record.blocked_until - self.clock())
 
-    def refuse(self, peer: str, layer: str, reason: str) -> None:
-        """Log and count one refusal, and hold the peer off after repeated ones."""
+    def refuse(self, peer: str, layer: str, reason: str, hold_off: bool = True) -> None:
+        """Log and count one refusal, and hold the peer off after repeated ones.
+
+        ``hold_off``: whether it counts towards the hold-off, i.e. the peer presented
+        wrong or no credentials (a token, a client certificate). A connection that ends
+        mid-handshake is only logged and counted: it guessed nothing, and a port scan or
+        a health check must not get a conductor behind the same address held off.
+        """
         now = self.clock()
         self.counts[layer] += 1
         LOG.warning("refused %s from %s: %s", layer, peer, reason)
+        if not hold_off:
+            return
         record = self.peers.setdefault(peer, PeerRecord())
         record.failures.append(now)
         while record.failures and record.failures[0] < now - WINDOW:

@@ -209,6 +209,7 @@ async def poll(
                     os.kill(pid, signal.SIGUSR1)
                 await asyncio.sleep(0.2)
         later = [await sweep(clients, kind, profile) for _ in range(repeat)]
+        context = pool.ca_context(trust.cafile, trust.certfile, trust.keyfile)
         if profile is not None:
             profile.dump_stats(f"{profile_path}.{kind}")
             if kind == "inventory":
@@ -226,8 +227,8 @@ async def poll(
             "failures": first[2] + sum(s[2] for s in later),
             "connections": len(pool.connections),
             "connections_made": pool.connections_made,
-            "handshakes": getattr(pool.ca_context(trust), "handshakes", 0),
-            "resumed": getattr(pool.ca_context(trust), "resumed", 0),
+            "handshakes": getattr(context, "handshakes", 0),
+            "resumed": getattr(context, "resumed", 0),
         }
         report["rss_end_mib"] = rss_mib()
         if os.environ.get("TACET_BENCH_TRACE"):

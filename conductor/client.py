@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 import hashlib
 import hmac
 import json
@@ -29,9 +28,41 @@ from wire.binding import binding_hmac
 from wire.certs import fingerprint, spki_der
 from wire.protocol import DEFAULT_PORT, RUNNING, SUCCEEDED
 
-from .tls import conductor_context, limit_tls_read_buffer, probe_context
+from .http import (
+    DEFAULT_KEPT_ALIVE,
+    MAX_BODY,
+    MAX_HEAD,
+    MAX_HEADERS,
+    BadHttp,
+    ClosedAfterHandshake,
+    Connection,
+    Dropped,
+    NotSent,
+    Pool,
+    Response,
+    ResponseReader,
+    one_line,
+    tune_gc_for_polling,
+)
+from .tls import conductor_context, probe_context
 
-__all__ = ["DEFAULT_PORT", "RUNNING", "SUCCEEDED"]
+__all__ = [  # what other modules take from here; the HTTP layer itself is in .http
+    "DEFAULT_KEPT_ALIVE",
+    "DEFAULT_PORT",
+    "MAX_BODY",
+    "MAX_HEAD",
+    "MAX_HEADERS",
+    "RUNNING",
+    "SUCCEEDED",
+    "BadHttp",
+    "Connection",
+    "Dropped",
+    "NotSent",
+    "Pool",
+    "Response",
+    "ResponseReader",
+    "tune_gc_for_polling",
+]
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -42,6 +73,7 @@ class AgentError(Exception):
     kind = "error"
 
     def __init__(self, message: str, address: str | None = None) -> None:
+        message = one_line(message, limit=2000)  # often the agent's words: no control chars
         super().__init__(f"{address}: {message}" if address else message)
         self.reason = message
         self.address = address
@@ -107,6 +139,24 @@ class ProtocolError(AgentError):
 
     exit_code = 6
     kind = "protocol error"
+
+
+# TLS alerts (``ssl.SSLError.reason``) with which an agent refuses our client certificate
+# or its absence; OpenSSL's names. A TLS 1.2 agent answers a missing one with a plain
+# handshake failure.
+CLIENT_CERTIFICATE_ALERTS = frozenset(
+    {
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "SSLV3_ALERT_HANDSHAKE_FAILURE",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV1_ALERT_ACCESS_DENIED",
+    }
+)
 
 
 # -- addresses and trust -----------------------------------------------------------------
@@ -321,344 +371,9 @@ class PartitionUuids:
         )
 
 
-# -- connections -------------------------------------------------------------------------
-DEFAULT_KEPT_ALIVE = 1000
-POLLER_GC_THRESHOLD = 20_000
-
-
-def tune_gc_for_polling(
-    agents: int, max_kept_alive: int = DEFAULT_KEPT_ALIVE, threshold: int = POLLER_GC_THRESHOLD
-) -> bool:
-    """Run Python's cycle collector less often when every agent keeps its connection.
-
-    A request allocates many short-lived objects; with the default of a collection per
-    700 new objects, a sweep with hundreds of requests in flight collects often and
-    promotes live in-flight objects into full collections: at 1,000 kept-alive agents
-    this cost 0.1 of a kept-alive inventory sweep's 0.45 CPU-seconds on aiohttp's client
-    (0.02 with this), and 0.02 s on the client's own HTTP path (under 0.005 with this).
-    Not when agents reconnect per request (more than
-    ``max_kept_alive``): each closed TLS connection is cyclic garbage holding OpenSSL
-    memory, and collecting it later cost 27-33 MiB at 5,000 agents. Process-wide;
-    ``tacet provision`` calls it. Returns whether the threshold was raised.
-    """
-    if agents > max_kept_alive:
-        return False
-    gc.set_threshold(threshold, *gc.get_threshold()[1:])
-    return True
-
-
 def printable_token(token: str) -> bool:
     """Whether ``token`` can go into an HTTP header as it is (printable ASCII)."""
     return token.isascii() and token.isprintable()
-
-
-class BadHttp(Exception):
-    """The bytes from the agent are not an HTTP/1.1 response we can read."""
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    headers: dict[str, str]  # lower-case names; the last value of a repeated header
-    body: bytes
-    keep_alive: bool  # the agent leaves the connection open after this answer
-
-
-MAX_HEAD = 64 * 1024
-MAX_BODY = 1024 * 1024 * 1024  # the largest answer is the log archive (base64)
-
-
-class ResponseReader:
-    """An HTTP/1.1 response parsed as its bytes arrive (sans I/O; one per request).
-
-    Hand-written on purpose. aiohttp's ``ClientSession`` was the poller's cost: its
-    per-request machinery (URL building, ``ClientRequest``/``ClientResponse``, timers,
-    connector bookkeeping, payload objects) took most of the 0.58 CPU-seconds of a
-    kept-alive 1,000-agent inventory sweep (cProfile of bench/fleet.py). Its llhttp
-    parser is fast, but used on its own it needs aiohttp's internal ``StreamReader`` and
-    ``BaseProtocol`` flow control (re-entrant pause/resume that changed between the
-    releases ``aiohttp>=3.11`` allows). An agent's answer is a small, known subset of
-    HTTP/1.1: a status line, headers, then a ``Content-Length`` body, a chunked body or,
-    with ``Connection: close``, a body up to the end. Anything else is ``BadHttp``.
-    """
-
-    def __init__(self, method: str = "GET") -> None:
-        self.method = method
-        self.buffer = bytearray()
-        self.status = 0
-        self.headers: dict[str, str] = {}
-        self.keep_alive = True
-        self.length: int | None = None  # None: chunked or up to the end
-        self.chunked = False
-        self.in_body = False
-        self.body = bytearray()
-        self.response: Response | None = None
-
-    def feed(self, data: bytes) -> Response | None:
-        """Take bytes; the response once it is complete, else None."""
-        if self.response is not None:
-            raise BadHttp("data after the end of the response")
-        self.buffer += data
-        if not self.in_body and not self._head():
-            return None
-        if self.chunked:
-            return self._chunks()
-        if self.length is not None:
-            if len(self.buffer) > self.length:
-                raise BadHttp("more data than Content-Length")
-            if len(self.buffer) == self.length:
-                return self._finish(bytes(self.buffer))
-            return None
-        if len(self.buffer) > MAX_BODY:
-            raise BadHttp("response body too large")
-        return None  # up to the end of the connection
-
-    def feed_eof(self) -> Response | None:
-        """The connection ended: the response if it is complete now, else None."""
-        if self.response is not None:
-            return self.response
-        if self.in_body and self.length is None and not self.chunked:
-            self.keep_alive = False
-            return self._finish(bytes(self.buffer))
-        return None
-
-    def _head(self) -> bool:
-        while True:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buffer) > MAX_HEAD:
-                    raise BadHttp("response head too large")
-                return False
-            head = bytes(self.buffer[:end]).decode("latin-1")
-            del self.buffer[: end + 4]
-            lines = head.split("\r\n")
-            version, _, rest = lines[0].partition(" ")
-            code = rest.partition(" ")[0]
-            if version not in ("HTTP/1.1", "HTTP/1.0") or not (code.isdigit() and len(code) == 3):
-                raise BadHttp(f"not an HTTP/1.1 status line: {lines[0][:60]!r}")
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                name, colon, value = line.partition(":")
-                if not colon or not name or name != name.strip() or line[0] in " \t":
-                    raise BadHttp(f"malformed header line {line[:60]!r}")
-                name, value = name.lower(), value.strip()
-                if name == "content-length" and headers.get(name, value) != value:
-                    raise BadHttp("conflicting Content-Length headers")
-                headers[name] = value
-            status = int(code)
-            if 100 <= status < 200:
-                continue  # an interim answer; the real one follows
-            self.status, self.headers, self.in_body = status, headers, True
-            connection = headers.get("connection", "").lower()
-            self.keep_alive = version == "HTTP/1.1" and "close" not in connection
-            encoding = headers.get("content-encoding", "identity").lower()
-            if encoding != "identity":  # we never send Accept-Encoding
-                raise BadHttp(f"unrequested Content-Encoding {encoding!r}")
-            transfer = headers.get("transfer-encoding")
-            if self.method == "HEAD" or status in (204, 304):
-                self.length = 0
-            elif transfer is not None:
-                if transfer.lower() != "chunked":
-                    raise BadHttp(f"unsupported Transfer-Encoding {transfer!r}")
-                self.chunked = True
-            elif "content-length" in headers:
-                text = headers["content-length"]
-                if not text.isdigit() or int(text) > MAX_BODY:
-                    raise BadHttp(f"bad Content-Length {text[:30]!r}")
-                self.length = int(text)
-            else:
-                self.keep_alive = False  # the body ends with the connection
-            return True
-
-    def _chunks(self) -> Response | None:
-        buffer = self.buffer
-        while True:
-            end = buffer.find(b"\r\n")
-            if end < 0:
-                if len(buffer) > 1024:
-                    raise BadHttp("chunk size line too long")
-                return None
-            size_text = bytes(buffer[:end]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise BadHttp(f"bad chunk size {size_text[:20]!r}") from None
-            if size < 0 or size_text[:1] in (b"+", b"-"):
-                raise BadHttp(f"bad chunk size {size_text[:20]!r}")
-            if size == 0:
-                trailer = buffer.find(b"\r\n\r\n", end)  # after trailer fields, if any
-                if trailer < 0:
-                    if len(buffer) > MAX_HEAD:
-                        raise BadHttp("chunked trailer too large")
-                    return None
-                if len(buffer) > trailer + 4:
-                    raise BadHttp("data after the end of the response")
-                return self._finish(bytes(self.body))
-            if len(buffer) < end + 2 + size + 2:
-                return None
-            if buffer[end + 2 + size : end + 4 + size] != b"\r\n":
-                raise BadHttp("chunk not followed by CRLF")
-            self.body += buffer[end + 2 : end + 2 + size]
-            if len(self.body) > MAX_BODY:
-                raise BadHttp("response body too large")
-            del buffer[: end + 4 + size]
-
-    def _finish(self, body: bytes) -> Response:
-        self.response = Response(self.status, self.headers, body, self.keep_alive)
-        return self.response
-
-
-class Dropped(Exception):
-    """The connection ended before the whole answer arrived (the request may have run)."""
-
-
-class NotSent(Exception):
-    """Connecting failed: nothing was sent."""
-
-
-class Connection(asyncio.Protocol):
-    """One TLS connection to an agent, one request at a time (HTTP/1.1, no pipelining)."""
-
-    def __init__(self, pool: Pool, key: tuple[Any, ...]) -> None:
-        self.pool = pool
-        self.key = key
-        self.transport: asyncio.Transport | None = None
-        self.reader: ResponseReader | None = None
-        self.waiter: asyncio.Future[Response] | None = None
-        self.closed = False
-        self.idle_since = 0.0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.pool.connections.add(self)
-        self.pool.connections_made += 1
-
-    def data_received(self, data: bytes) -> None:
-        reader, waiter = self.reader, self.waiter
-        if reader is None or waiter is None or waiter.done():
-            self.close()  # nothing was asked: the connection is out of step
-            return
-        try:
-            response = reader.feed(data)
-        except BadHttp as exc:
-            self.close()
-            waiter.set_exception(exc)
-            return
-        if response is not None:
-            self.reader = None
-            waiter.set_result(response)
-
-    def eof_received(self) -> bool | None:
-        return None  # close our side too
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.transport = None
-        self.pool.forget(self)
-        reader, waiter = self.reader, self.waiter
-        if reader is None or waiter is None or waiter.done():
-            return
-        self.reader = None
-        try:
-            response = reader.feed_eof()
-        except BadHttp as error:
-            waiter.set_exception(error)
-            return
-        if response is not None:
-            waiter.set_result(response)
-        else:
-            waiter.set_exception(Dropped(str(exc) if exc else "the agent closed the connection"))
-
-    async def exchange(self, request: bytes, method: str) -> Response:
-        """Send one request and wait for its whole answer."""
-        if self.transport is None or self.closed:  # closed right after the handshake
-            raise NotSent("the agent closed the connection before the request")
-        assert self.reader is None
-        self.reader = ResponseReader(method)
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(request)
-        try:
-            return await self.waiter
-        except BaseException:
-            self.close()  # timed out or cancelled mid-answer: the connection is unusable
-            raise
-        finally:
-            self.waiter = None
-
-    def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.closed = True
-            self.transport.close()
-            self.pool.forget(self)
-
-
-class Pool:
-    """Kept-alive TLS connections to many agents, and the CA contexts they share.
-
-    Requests go through ``Connection`` (an asyncio protocol and ``ResponseReader``), not
-    through aiohttp's client: see ``ResponseReader`` for why. A kept-alive TLS connection
-    costs the poller about 63 KiB (OpenSSL, asyncio), so at most ``max_kept_alive``
-    agents keep theirs; the others close after each request and reconnect with TLS
-    session resumption (no certificate check, no signatures). One idle connection is
-    kept per agent and way of verifying it; one idle longer than ``keepalive`` is closed
-    instead of used. No global connection limit: the poller bounds concurrency itself.
-    """
-
-    def __init__(self, keepalive: float = 60.0, max_kept_alive: int = DEFAULT_KEPT_ALIVE) -> None:
-        self.keepalive = keepalive  # below the agent's 75 s, so we close first
-        self.max_kept_alive = max_kept_alive
-        self.kept_alive: set[str] = set()
-        self._contexts: dict[tuple[Any, ...], ssl.SSLContext] = {}
-        self.idle: dict[tuple[Any, ...], Connection] = {}
-        self.connections: set[Connection] = set()  # open ones, idle or busy
-        self.connections_made = 0
-        limit_tls_read_buffer()
-
-    def keep_alive_slot(self, address: str) -> bool:
-        """Whether this agent gets a kept-alive connection (first come, first served)."""
-        if address in self.kept_alive:
-            return True
-        if len(self.kept_alive) < self.max_kept_alive:
-            self.kept_alive.add(address)
-            return True
-        return False
-
-    def ca_context(self, trust: Trust) -> ssl.SSLContext:
-        key = (trust.cafile, trust.certfile, trust.keyfile)
-        if key not in self._contexts:
-            self._contexts[key] = conductor_context(
-                cafile=trust.cafile, certfile=trust.certfile, keyfile=trust.keyfile
-            )
-        return self._contexts[key]
-
-    def take(self, key: tuple[Any, ...], now: float) -> Connection | None:
-        """The idle connection for ``key``, if there is one still fit to use."""
-        connection = self.idle.pop(key, None)
-        if connection is None or connection.closed:
-            return None
-        if now - connection.idle_since > self.keepalive:
-            connection.close()
-            return None
-        return connection
-
-    def give_back(self, connection: Connection, now: float) -> None:
-        if connection.closed or connection.key in self.idle:
-            connection.close()
-            return
-        connection.idle_since = now
-        self.idle[connection.key] = connection
-
-    def forget(self, connection: Connection) -> None:
-        self.connections.discard(connection)
-        if self.idle.get(connection.key) is connection:
-            del self.idle[connection.key]
-
-    async def close(self) -> None:
-        for connection in list(self.connections):
-            connection.close()
-        self.idle.clear()
-        await asyncio.sleep(0)  # let the transports send their close_notify
 
 
 ProgressCallback = Callable[[CommandResult], None]
@@ -684,7 +399,6 @@ class AgentClient:
         token = self.options.token
         if token is not None and not printable_token(token):
             raise ValueError("the token must be printable ASCII")
-        self._authorization = f"Authorization: Bearer {token}\r\n"
 
     async def __aenter__(self) -> AgentClient:
         return self
@@ -705,7 +419,7 @@ class AgentClient:
             return
         trust = self.options.trust
         if self.mode == "ca":
-            self.context = self.pool.ca_context(trust)
+            self.context = self.pool.ca_context(trust.cafile, trust.certfile, trust.keyfile)
             return
         if self.mode == "pinned-certificate":
             assert trust.cafile is not None
@@ -774,6 +488,18 @@ class AgentClient:
         return der
 
     # -- requests ------------------------------------------------------------------------
+    def _certificate_refused(self, detail: str) -> Unauthenticated:
+        """The agent refused the TLS connection for our client certificate (or its absence)."""
+        certfile = self.options.trust.certfile
+        if certfile is None:
+            hint = "the agent requires a client certificate: pass --cert and --key"
+        else:
+            hint = (
+                f"the agent refused our client certificate {certfile}: issued by a CA it "
+                "does not trust, expired, or not in its allowlist"
+            )
+        return Unauthenticated(f"{detail}; {hint}", self.address)
+
     async def _with_retries(self, attempt: Callable[[], Any], idempotent: bool) -> Any:
         tries = 0
         while True:
@@ -784,7 +510,16 @@ class AgentClient:
                     f"certificate not trusted: {exc.verify_message}", self.address
                 ) from None
             except ssl.SSLError as exc:
-                raise Unauthenticated(f"TLS handshake refused: {exc}", self.address) from None
+                reason = exc.reason or str(exc)
+                if reason in CLIENT_CERTIFICATE_ALERTS:
+                    alert = reason.partition("ALERT_")[2].replace("_", " ").lower()
+                    raise self._certificate_refused(f"TLS alert from the agent: {alert}") from None
+                raise Unauthenticated(f"TLS handshake refused: {reason}", self.address) from None
+            except ClosedAfterHandshake:
+                # Not retried: each retry would count as a failure towards the agent's hold-off.
+                raise self._certificate_refused(
+                    "the agent closed the connection right after the TLS handshake"
+                ) from None
             except NotSent as exc:  # connecting failed: nothing was sent
                 error: BaseException = exc.__cause__ or exc
                 retry = True
@@ -840,39 +575,21 @@ class AgentClient:
     async def _get(self, context: ssl.SSLContext, path: str, token: bool) -> Any:
         return await self._send(context, "GET", path, None, None, token)
 
-    def _request_bytes(self, method: str, path: str, body: Any, token: bool) -> bytes:
+    def _request(
+        self, method: str, path: str, body: Any, token: bool
+    ) -> tuple[list[tuple[str, str]], bytes | None]:
+        """The request's header fields and body (h11 checks them again when it sends)."""
         if not path.startswith("/") or not path.isascii() or not path.isprintable() or " " in path:
             raise ValueError(f"not a request path: {path!r}")
-        head = f"{method} {path} HTTP/1.1\r\nHost: {self.address}\r\n"
+        headers = [("Host", self.address)]
         if token and self.options.token:
-            head += self._authorization
+            headers.append(("Authorization", f"Bearer {self.options.token}"))
         if not self.keep_alive:
-            head += "Connection: close\r\n"
+            headers.append(("Connection", "close"))
         if method != "POST":
-            return (head + "\r\n").encode("ascii")
-        payload = json.dumps(body).encode()
-        head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-        return head.encode("ascii") + payload
-
-    async def _connect(self, context: ssl.SSLContext, key: tuple[Any, ...]) -> Connection:
-        loop = asyncio.get_running_loop()
-        try:
-            _transport, connection = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: Connection(self.pool, key),
-                    self.host,
-                    self.port,
-                    ssl=context,
-                    server_hostname=self.host,
-                    ssl_handshake_timeout=self.options.connect_timeout,
-                ),
-                self.options.connect_timeout,
-            )
-        except ssl.SSLError:
-            raise
-        except (OSError, TimeoutError) as exc:
-            raise NotSent(str(exc) or type(exc).__name__) from exc
-        return connection
+            return headers, None
+        headers.append(("Content-Type", "application/json"))
+        return headers, json.dumps(body).encode()
 
     async def _send(
         self,
@@ -883,17 +600,20 @@ class AgentClient:
         timeout: float | None,
         token: bool,
     ) -> Any:
-        request = self._request_bytes(method, path, body, token)
+        headers, payload = self._request(method, path, body, token)
         key = (self.host, self.port, context)
         pool = self.pool
         loop = asyncio.get_running_loop()
 
         async def attempt() -> Any:
+            reader = ResponseReader(method, path, headers, payload, pool.max_body)
             async with asyncio.timeout(timeout or self.options.timeout):
                 connection = pool.take(key, loop.time()) if self.keep_alive else None
                 if connection is None:
-                    connection = await self._connect(context, key)
-                response = await connection.exchange(request, method)
+                    connection = await pool.connect(
+                        context, self.host, self.port, self.options.connect_timeout
+                    )
+                response = await connection.exchange(reader)
             if self.keep_alive and response.keep_alive:
                 pool.give_back(connection, loop.time())
             else:

@@ -216,3 +216,102 @@ async def test_conductor_pinned_to_another_certificate_sends_nothing(node, pki, 
     with pytest.raises(ssl.SSLCertVerificationError):
         await call(node.port, context)
     assert node.agent.guard.summary().get("token", 0) == 0
+
+
+# -- what the conductor reports when the agent refuses its certificate ---------------------
+def conductor_client(node, pki, cert_dir: Path | None = None, name: str | None = None):
+    from conductor.client import AgentClient, Options, Trust
+
+    certfile = cert_dir / f"{name}.pem" if cert_dir is not None else None
+    keyfile = cert_dir / f"{name}-key.pem" if cert_dir is not None else None
+    trust = Trust(cafile=pki["ca"] / "ca.pem", certfile=certfile, keyfile=keyfile)
+    return AgentClient(f"127.0.0.1:{node.port}", Options(trust, retries=3, backoff=0.5))
+
+
+async def test_conductor_without_a_client_certificate_is_told_so_at_once(node, pki):
+    from conductor.client import Unauthenticated
+
+    started = asyncio.get_running_loop().time()
+    async with conductor_client(node, pki) as client:
+        with pytest.raises(Unauthenticated) as error:
+            await client.status()
+    assert asyncio.get_running_loop().time() - started < 1.0  # no retries
+    assert error.value.exit_code == 4
+    message = str(error.value)
+    assert "certificate required" in message  # the agent's TLS 1.3 alert
+    assert "requires a client certificate: pass --cert and --key" in message
+    await counted(node, "handshake", 1)  # one attempt, one failure towards the hold-off
+
+
+async def test_conductor_with_a_certificate_from_another_ca_is_told_so_at_once(node, pki):
+    from conductor.client import Unauthenticated
+
+    async with conductor_client(node, pki, pki["other"] / "clients", "conductor-1") as client:
+        with pytest.raises(Unauthenticated) as error:
+            await client.status()
+    message = str(error.value)
+    assert "unknown ca" in message and "refused our client certificate" in message
+    await counted(node, "handshake", 1)
+
+
+async def test_conductor_outside_the_allowlist_is_told_so_at_once(node, pki):
+    """After the handshake, so no alert: the TLS 1.3 connection ends without a session
+    ticket, which the conductor reads as not accepted."""
+    from conductor.client import Unauthenticated
+
+    async with conductor_client(node, pki, pki["ca"] / "clients", "intruder") as client:
+        with pytest.raises(Unauthenticated, match="refused our client certificate"):
+            await client.status()
+    await counted(node, "allowlist", 1)
+
+
+async def test_conductor_with_the_right_certificate_works(node, pki):
+    async with conductor_client(node, pki, pki["ca"] / "clients", "conductor-1") as client:
+        assert (await client.status()).version
+        assert await client.list_commands() == []
+    assert node.agent.guard.summary() == {}
+
+
+async def test_tls_1_2_client_without_a_certificate_gets_an_alert(node, pki):
+    """TLS 1.2 refuses inside the handshake: the agent's handshake-failure alert arrives."""
+    from conductor.client import Unauthenticated
+    from conductor.tls import conductor_context
+
+    context = conductor_context(cafile=pki["ca"] / "ca.pem")
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    client = conductor_client(node, pki)
+    client.context = context
+    async with client:
+        with pytest.raises(Unauthenticated, match=r"handshake failure.*pass --cert and --key"):
+            await client.status()
+    await counted(node, "handshake", 1)
+
+
+# -- what counts towards the hold-off ----------------------------------------------------
+def connect_and_leave(port: int, send: bytes = b"") -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        if send:
+            raw.sendall(send)
+
+
+async def test_connections_dropped_mid_handshake_do_not_count_towards_the_hold_off(node, pki):
+    hello = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(*hello, server_hostname="node-7")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    client_hello = hello[1].read()
+    for _ in range(15):  # more than the 10 failures that would hold the address off
+        await asyncio.to_thread(connect_and_leave, node.port)  # a port scan
+        await asyncio.to_thread(connect_and_leave, node.port, client_hello)  # leaves after hello
+    await counted(node, "handshake", 30)  # logged and counted...
+    assert node.agent.guard.retry_after("127.0.0.1") == 0  # ...but not held against it
+    context = client_context(pki, pki["ca"] / "clients", "conductor-1")
+    assert await call(node.port, context) == b"HTTP/1.1 200 OK"
+    assert node.agent.guard.summary().get("throttled", 0) == 0
+
+
+async def test_refused_client_certificates_count_towards_the_hold_off(node, pki):
+    for _ in range(10):
+        await refused(node.port, client_context(pki, None, None))
+    await counted(node, "handshake", 10)
+    assert node.agent.guard.retry_after("127.0.0.1") > 0

@@ -350,39 +350,40 @@ async def test_one_kept_alive_connection_for_many_requests(ca_node, test_pki):
 async def test_resuming_context_offers_the_last_session(test_pki):
     """A reconnect to the same server resumes the TLS session (abbreviated handshake)."""
     from agent.tls import Identity
+    from conductor.http import ResponseReader
     from wire.certs import fingerprint
 
     pem = test_pki.node_cert.read_text()
     identity = Identity(test_pki.node_cert, test_pki.node_key, pem, fingerprint(pem), False)
 
-    async def echo(reader, writer):
-        writer.write(b"hello")
+    async def answer(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
         await writer.drain()
         await reader.read(1)
         writer.close()
 
-    server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=server_context(identity))
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_context(identity))
     port = server.sockets[0].getsockname()[1]
     context = conductor_context(cafile=test_pki.ca_pem)
+    pool = Pool()
     reused = []
     held = None
     try:
         for _ in range(2):
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", port, ssl=context, server_hostname="127.0.0.1"
-            )
-            assert await reader.readexactly(5) == b"hello"  # TLS 1.3 tickets arrived by now
-            reused.append(writer.get_extra_info("ssl_object").session_reused)
-            held = held if reused[-1] else context._sessions["127.0.0.1"]
-            writer.close()
-            await writer.wait_closed()
+            connection = await pool.connect(context, "127.0.0.1", port, 5.0)
+            assert (await connection.exchange(ResponseReader())).body == b"{}"
+            reused.append(connection.tls.session_reused)
+            held = held if reused[-1] else context.session_for("127.0.0.1")
+            connection.close()
     finally:
+        await pool.close()
         server.close()
         await server.wait_closed()
     assert reused == [False, True]
     assert context.sessions_known() == 1
     # a resumed connection keeps the session held (re-reading it leaked memory)
-    assert context._sessions["127.0.0.1"] is held
+    assert context.session_for("127.0.0.1") is held
     assert (context.handshakes, context.resumed) == (2, 1)
 
 

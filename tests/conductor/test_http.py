@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import Callable
 
 import pytest
@@ -18,6 +19,7 @@ from conductor.client import (
     ProtocolError,
     ResponseReader,
     Trust,
+    Unauthenticated,
     Unreachable,
     Untrusted,
 )
@@ -104,16 +106,16 @@ def test_a_truncated_answer_is_not_a_response():
         (b"SSH-2.0-OpenSSH\r\n\r\n", "status line"),
         (b"HTTP/1.1 2x0 OK\r\n\r\n", "status line"),
         (b"HTTP/1.1 2000 OK\r\n\r\n", "status line"),
-        (b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", "malformed header"),
-        (b"HTTP/1.1 200 OK\r\n folded: x\r\n\r\n", "malformed header"),
+        (b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", "illegal header line"),
+        (b"HTTP/1.1 200 OK\r\n folded: x\r\n\r\n", "continuation line"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "conflicting"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "bad Content-Length"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "Transfer-Encoding"),
         (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\n", "Content-Encoding"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "chunk size"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n", "CRLF"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}}", "more data"),
-        (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 20000, "too large"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "illegal chunk header"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n", "chunk footer"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}}", "after the end"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 20000, "head larger than"),
     ],
 )
 def test_malformed_answers(raw, message):
@@ -291,7 +293,7 @@ async def test_dropped_before_the_answer(scripted):
 async def test_unreadable_http_is_a_protocol_error(scripted):
     _script, client = await scripted(lambda request: b"HTTP/1.1 200 OK\r\nbroken\r\n\r\n")
     async with client:
-        with pytest.raises(ProtocolError, match="bad HTTP answer: malformed header"):
+        with pytest.raises(ProtocolError, match="bad HTTP answer: illegal header line"):
             await client.status()
     answer = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n{}"
     _script, client = await scripted(lambda request: answer)
@@ -322,3 +324,102 @@ async def test_ca_mode_still_checks_the_address(start_node, test_pki):
         with pytest.raises(Untrusted, match="IP address mismatch"):
             await client.list_commands()
     assert node.agent.guard.summary().get("token", 0) == 0
+
+
+class CountingServerContext(ssl.SSLContext):
+    """A server context that counts the TLS connections made with it."""
+
+    wrapped = 0
+
+    def wrap_bio(self, *args, **kwargs):
+        type(self).wrapped += 1
+        return super().wrap_bio(*args, **kwargs)
+
+
+async def test_a_close_right_after_the_handshake_is_a_refused_certificate(test_pki):
+    """An agent whose TLS stack sends no alert (asyncio's SSL server, here) ends a TLS 1.3
+    connection without a session ticket when it refuses the client certificate: reported
+    as such on the first attempt, without retries that would feed its hold-off."""
+    context = CountingServerContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(test_pki.node_cert, test_pki.node_key)
+    context.load_verify_locations(cafile=test_pki.ca_pem)
+    context.verify_mode = ssl.CERT_REQUIRED
+    answered = []
+
+    async def handle(reader, writer):
+        answered.append(True)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    options = Options(Trust(cafile=test_pki.ca_pem), TOKEN, retries=3, backoff=0.01)
+    try:
+        async with AgentClient(f"127.0.0.1:{port}", options) as client:
+            with pytest.raises(Unauthenticated) as error:
+                await client.status()
+        assert "closed the connection right after the TLS handshake" in str(error.value)
+        assert "requires a client certificate: pass --cert and --key" in str(error.value)
+        assert CountingServerContext.wrapped == 1 and not answered
+        # with a certificate from another CA: named as a refused certificate
+        other = tmp_ca_client(test_pki)
+        trust = Trust(cafile=test_pki.ca_pem, certfile=other[0], keyfile=other[1])
+        async with AgentClient(f"127.0.0.1:{port}", Options(trust, retries=3)) as client:
+            with pytest.raises(Unauthenticated, match="refused our client certificate"):
+                await client.status()
+        assert CountingServerContext.wrapped == 2
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def tmp_ca_client(test_pki):
+    """A client certificate from a CA the server does not know."""
+    from conductor import pki
+
+    base = test_pki.ca.parent / "another-ca"
+    if not (base / "ca.pem").exists():
+        pki.init_ca(base)
+        pki.issue_client(base, "conductor")
+    client = pki.issue_client(base, "conductor-2")
+    return client.cert_path, client.key_path
+
+
+async def test_connections_reading_at_once_each_get_their_own_bytes(test_pki):
+    """All connections of a loop receive through one shared buffer: answers several times
+    its size, sent in pieces to 20 connections at once, each arrive intact."""
+    from conductor.http import READ_SIZE, ResponseReader
+    from conductor.tls import conductor_context
+
+    size = 3 * READ_SIZE + 123
+    pem = test_pki.node_cert.read_text()
+    identity = Identity(test_pki.node_cert, test_pki.node_key, pem, fingerprint(pem), False)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        n = int(head.split(b" ")[1].strip(b"/"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        body = bytes([n]) * size
+        for start in range(0, size, 5000):
+            writer.write(body[start : start + 5000])
+            await writer.drain()
+            await asyncio.sleep(0)
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_context(identity))
+    port = server.sockets[0].getsockname()[1]
+    context = conductor_context(cafile=test_pki.ca_pem)
+    pool = Pool()
+
+    async def fetch(n: int) -> bytes:
+        connection = await pool.connect(context, "127.0.0.1", port, 5.0)
+        reader = ResponseReader("GET", f"/{n}", [("Host", "127.0.0.1")])
+        return (await connection.exchange(reader)).body
+
+    try:
+        answers = await asyncio.gather(*(fetch(n) for n in range(1, 21)))
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()
+    assert [a == bytes([n]) * size for n, a in enumerate(answers, 1)] == [True] * 20
