@@ -18,7 +18,7 @@ where a real agent has one to itself (``TACET_BENCH_AGENTS_DEFAULT_GC=1`` turns 
 (``PATH.agents<first>``).
 
 Targets, for 1,000 agents: first sweep < 5 s, later sweeps < 0.5 s; poller memory
-< 200 MiB at 5,000 agents. Run it alone on the machine: other load skews the figures
+< 250 MiB at 5,000 agents. Run it alone on the machine: other load skews the figures
 (the poller already shares the cores with the agents):
 
     .venv/bin/python bench/fleet.py [--sizes 100,1000,5000]
