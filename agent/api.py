@@ -72,6 +72,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             message,
             headers={k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")},
         )
+    except ConnectionResetError:  # the client left mid-request: no one to answer
+        LOG.info(
+            "connection from %s lost during %s %s", peer(request), request.method, request.path
+        )
+        return fault(400, "Connection lost")
     except Exception:
         LOG.exception("unexpected error serving %s %s", request.method, request.path)
         return fault(500, "Internal error; see the agent log")

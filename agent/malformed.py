@@ -55,7 +55,7 @@ def describe(exc: HttpProcessingError, max_line: int) -> str:
     """What was wrong, in words of our own: aiohttp's message quotes the request."""
     if isinstance(exc, LineTooLong):
         return f"Bad HTTP request: a request or header line is too long (limit {max_line} bytes)"
-    return "Bad HTTP request: the request line or a header is malformed"
+    return "Bad HTTP request: malformed request line, header or chunked framing"
 
 
 class MalformedRequests(logging.Logger):
