@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, web
 
 from wire.protocol import UNAUTHENTICATED_COMMANDS
 from wire.protocol import fault as wire_fault
 
 from .commands import CommandError, CommandResult
 from .core import Agent
+from .malformed import MalformedRequests
 
 LOG = logging.getLogger(__name__)
 AGENT_KEY = web.AppKey("agent", Agent)
@@ -30,6 +32,22 @@ def fault(status: int, message: str, headers: dict[str, str] | None = None) -> w
 
 def peer(request: web.Request) -> str:
     return request.remote or "unknown"
+
+
+@web.middleware
+async def version_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Only HTTP/1.0 and 1.1 are served. aiohttp's parser takes an HTTP/0.9 request line
+    (no version) and HTTP/2.0 in an HTTP/1 request line, and would answer in that version
+    (``HTTP/0.9 200``, which no HTTP/0.9 client can read). No answer can be given in a
+    version the client does not speak, so the connection is closed unanswered."""
+    if request.version in (HttpVersion10, HttpVersion11):
+        return await handler(request)
+    agent = request.app[AGENT_KEY]
+    version = f"HTTP/{request.version.major}.{request.version.minor}"
+    agent.guard.refuse(peer(request), "request", f"{version} is not served", hold_off=False)
+    if request.transport is not None:
+        request.transport.close()
+    raise web.HTTPBadRequest()  # never sent: the connection is closed
 
 
 @web.middleware
@@ -54,6 +72,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             message,
             headers={k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")},
         )
+    except ConnectionResetError:  # the client left mid-request: no one to answer
+        LOG.info(
+            "connection from %s lost during %s %s", peer(request), request.method, request.path
+        )
+        return fault(400, "Connection lost")
     except Exception:
         LOG.exception("unexpected error serving %s %s", request.method, request.path)
         return fault(500, "Internal error; see the agent log")
@@ -195,14 +218,41 @@ def _finite_float(text: str) -> float:
 
 
 _STRICT = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_unicode(value: Any) -> None:
+    """Refuse a lone surrogate (``"\\ud800"``) anywhere in parsed JSON, keys included.
+
+    JSON's escapes can spell one, but no UTF-8 text can: stored, echoed in /v1/status or
+    written to the state file, it would fail there instead of here. Raises ValueError.
+    """
+    pending = [value]
+    while pending:  # a loop, not recursion: nesting depth is the client's choice
+        item = pending.pop()
+        if isinstance(item, str):
+            found = _SURROGATE.search(item)
+            if found:
+                raise ValueError(
+                    f"a string holds U+{ord(found.group()):04X}, a lone surrogate, "
+                    "which is not valid Unicode"
+                )
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
 
 
 def parse_body(raw: bytes) -> Any:
-    """Strict JSON: no NaN/Infinity (they would be echoed back as invalid JSON).
+    """Strict JSON: no NaN/Infinity (they would be echoed back as invalid JSON) and only
+    valid Unicode text (no lone surrogates, neither encoded nor escaped).
 
     ``json.loads`` with these hooks would build a decoder per request; this is its body."""
     raw = raw or b"null"
-    return _STRICT.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+    body = _STRICT.decode(raw.decode(json.detect_encoding(raw)))
+    check_unicode(body)
+    return body
 
 
 async def run_command(request: web.Request) -> web.Response:
@@ -249,8 +299,11 @@ async def not_found(request: web.Request) -> web.Response:
 
 def create_app(agent: Agent) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware, throttle_middleware],
+        middlewares=[version_middleware, errors_middleware, throttle_middleware],
         client_max_size=agent.config.max_body_bytes,
+        # aiohttp answers unparsable requests itself; this logger handles them instead
+        # (agent/malformed.py). Serve through malformed.connections() for the answer.
+        handler_args={"logger": MalformedRequests(agent.guard)},
     )
     app[AGENT_KEY] = agent
     app.router.add_get("/", root)

@@ -106,6 +106,14 @@ class Agent:
             self.ssl_context.minimum_version = ssl.TLSVersion.TLSv1_3
         self.store_node_info(node_info)
 
+    def tls_min_version(self, configured: str) -> str:
+        """The TLS floor to listen with: node_info's ``tls_min_version`` "1.3" (kept in
+        the state file) outlives a restart, as its token does; else ``configured``."""
+        config = (self.node_info or {}).get("config")
+        if isinstance(config, dict) and config.get("tls_min_version") == "1.3":
+            return "1.3"
+        return configured
+
     @property
     def node_uuid(self) -> str | None:
         node = (self.node_info or {}).get("node") or {}

@@ -23,6 +23,7 @@ from .core import Agent
 from .extensions import log, poll, standby, steps
 from .gate import TlsGate
 from .inventory_cache import UDEV_CONTROL, InventoryCache
+from .malformed import connections
 from .power import PowerBackend, SystemPower
 from .tls import Identity, load_identity, local_addresses, server_context
 
@@ -196,7 +197,9 @@ class AgentServer:
             config.state_dir, certificate_addresses(config), config.cert_file, config.key_file
         )
         agent = build_agent(config, identity, self.power, self.collect_inventory)
-        agent.ssl_context = server_context(identity, config.tls_min_version, config.client_ca_file)
+        agent.ssl_context = server_context(
+            identity, agent.tls_min_version(config.tls_min_version), config.client_ca_file
+        )
         # auto_decompress=False: request bodies are taken as sent (ironic never compresses).
         # Decoding them in aiohttp's parser turned a truncated gzip/deflate body, or a br/zstd
         # one, into a plain-text 400 outside the API's JSON faults.
@@ -212,7 +215,7 @@ class AgentServer:
         context, server = agent.ssl_context, self.runner.server
         assert server is not None
         self.tcp_server = await asyncio.get_running_loop().create_server(
-            lambda: TlsGate(context, server, agent.guard, config.client_allowlist),
+            lambda: TlsGate(context, connections(server), agent.guard, config.client_allowlist),
             sock=self.sock,
         )
         self.agent = agent

@@ -87,10 +87,17 @@ class TlsGate(asyncio.Protocol):
         self.transport = transport
         peername = transport.get_extra_info("peername")
         self.peer = str(peername[0]) if peername else "unknown"
-        transport.pause_reading()
         asyncio.get_running_loop().create_task(self._start(transport))
 
     def data_received(self, data: bytes) -> None:
+        if self.state == "waiting":
+            # Kept for the handshake, and reading paused until it starts. Not paused in
+            # connection_made: some Python 3.11 releases (3.11.2 among them) add the
+            # reader after that call even when paused, and the ClientHello was dropped.
+            self.incoming.write(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
         if self.state in ("handshake", "open"):
             self.incoming.write(data)
             if self.state == "handshake":
@@ -100,6 +107,9 @@ class TlsGate(asyncio.Protocol):
         # lingering: the refused client's bytes are read and dropped
 
     def eof_received(self) -> bool | None:
+        if self.state == "waiting":  # left during the delay: refused when it ends
+            self.incoming.write_eof()
+            return True
         if self.state == "handshake":
             self.incoming.write_eof()
             self._handshake()
@@ -137,6 +147,8 @@ class TlsGate(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(HANDSHAKE_TIMEOUT, self._timed_out)
         transport.resume_reading()
+        if self.incoming.pending or self.incoming.eof:
+            self._handshake()  # what came during the delay
 
     def _handshake(self) -> None:
         assert self.tls is not None and self.transport is not None

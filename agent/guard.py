@@ -19,6 +19,7 @@ WINDOW = 60.0  # seconds over which failures are counted per peer
 MAX_FAILURES = 10  # failures in the window before a peer is held off
 PENALTY = 30.0  # seconds a peer is held off (doubles while it keeps failing, to 15 min)
 MAX_PENALTY = 900.0
+MAX_PEERS = 10000  # peer records kept; bounds memory under a scan from many addresses
 
 
 @dataclass
@@ -30,11 +31,17 @@ class PeerRecord:
 
 class Guard:
     def __init__(
-        self, clock: Callable[[], float] = time.monotonic, max_failures: int = MAX_FAILURES
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        max_failures: int = MAX_FAILURES,
+        max_peers: int = MAX_PEERS,
     ) -> None:
         self.clock = clock
         self.max_failures = max_failures
-        self.peers: dict[str, PeerRecord] = {}
+        self.max_peers = max_peers
+        # Least recently refused first: forgetting the oldest is popitem(last=False), O(1)
+        # however many peers there are (a min() over them cost O(n) per refusal).
+        self.peers: collections.OrderedDict[str, PeerRecord] = collections.OrderedDict()
         self.counts: collections.Counter[str] = collections.Counter()
 
     def retry_after(self, peer: str) -> float:
@@ -57,7 +64,11 @@ class Guard:
         LOG.warning("refused %s from %s: %s", layer, peer, reason)
         if not hold_off:
             return
-        record = self.peers.setdefault(peer, PeerRecord())
+        record = self.peers.get(peer)
+        if record is None:
+            record = self.peers[peer] = PeerRecord()
+        else:
+            self.peers.move_to_end(peer)  # now the most recently refused
         record.failures.append(now)
         while record.failures and record.failures[0] < now - WINDOW:
             record.failures.popleft()
@@ -71,9 +82,8 @@ class Guard:
             )
             record.penalty = min(record.penalty * 2, MAX_PENALTY)
             record.failures.clear()
-        if len(self.peers) > 10000:  # bound memory under a scan from many addresses
-            oldest = min(self.peers, key=lambda p: self.peers[p].blocked_until)
-            del self.peers[oldest]
+        while len(self.peers) > self.max_peers:
+            self.peers.popitem(last=False)
 
     def throttled(self, peer: str) -> None:
         self.counts["throttled"] += 1

@@ -96,6 +96,52 @@ async def test_tls_min_version_from_node_info_applies_to_new_connections(running
     assert running.agent.ssl_context.minimum_version == ssl.TLSVersion.TLSv1_3
 
 
+def tls12_handshake(port: int, cert_pem: str) -> str:
+    """A TLS 1.2-only client's handshake: the version it got, or why it was refused."""
+    import socket
+    import ssl
+
+    from wire.tls import client_context
+
+    context = client_context(cadata=cert_pem)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            return str(tls.version())
+    except ssl.SSLError as exc:
+        return f"refused: {exc.reason}"
+
+
+async def test_tls_min_version_from_node_info_outlives_a_restart(tmp_path):
+    import asyncio
+
+    state = tmp_path / "state"
+    run = await start(state)
+    try:
+        port, cert = run.server.port, run.agent.identity.cert_pem
+        assert await asyncio.to_thread(tls12_handshake, port, cert) == "TLSv1.2"
+        body = {"node_info": {"config": {"tls_min_version": "1.3"}}}
+        status, _ = await run.post({"name": "poll.set_node_info", "params": body})
+        assert status == 200
+        assert (await asyncio.to_thread(tls12_handshake, port, cert)).startswith("refused")
+    finally:
+        await run.client.close()
+        await run.server.stop()
+    again = await start(state)  # the same state directory: a restarted agent
+    try:
+        port = again.server.port
+        refused = await asyncio.to_thread(tls12_handshake, port, cert)
+        assert refused == "refused: TLSV1_ALERT_PROTOCOL_VERSION"
+        status, _ = await again.get("/v1/status", token=None)  # TLS 1.3 still served
+        assert status == 200
+    finally:
+        await again.client.close()
+        await again.server.stop()
+
+
 def test_masking_reaches_lists_under_secret_names():
     from agent.core import masked
 
