@@ -54,6 +54,16 @@ class ConnectionTable:
         self.buckets: dict[int, dict[str, None]] = collections.defaultdict(dict)
         self.heaviest = 0  # the most unsettled connections any one peer holds
         self.counts: collections.Counter[str] = collections.Counter()
+        self.high_water = 0  # the most connections open at once since ``storm_over``
+
+    def storm_over(self) -> bool:
+        """Whether the table was at least half full and has since drained (to 1/8).
+
+        Resets the high-water mark when it says so: one storm, one answer."""
+        if self.high_water >= self.max_total // 2 and len(self.peers) <= self.max_total // 8:
+            self.high_water = len(self.peers)
+            return True
+        return False
 
     def admit(self, connection: Evictable, peer: str) -> Admission:
         if self.per_peer[peer] >= self.max_per_peer:
@@ -76,6 +86,7 @@ class ConnectionTable:
         held = self.unsettled.setdefault(peer, {})
         held[connection] = None
         self._rebucket(peer, len(held) - 1, len(held))
+        self.high_water = max(self.high_water, len(self.peers))
         return Admission(True)
 
     def settled(self, connection: Evictable) -> None:

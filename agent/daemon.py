@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__, logs
+from . import __version__, logs, memory
 from .commands import Registry
 from .config import KERNEL, Config
 from .connections import ConnectionTable, fit_descriptor_limit
@@ -32,6 +32,7 @@ WARMUP_DELAY = 0.5  # seconds after the listener is up
 NETWORK_POLL = 0.2  # seconds between looks at the host's addresses while waiting
 UDEV_WAIT = 60.0  # seconds the warm-up keeps looking for a udev daemon that starts late
 UDEV_POLL = 0.5
+STORM_CHECK = 5.0  # seconds between looks at whether a connection storm is over
 
 
 def live_inventory(config: Config) -> Callable[[], dict[str, Any]]:
@@ -173,6 +174,7 @@ class AgentServer:
         self.ironic: asyncio.Task[None] | None = None
         self.tcp_server: asyncio.Server | None = None
         self.connections: ConnectionTable | None = None
+        self.trimmer: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -228,6 +230,7 @@ class AgentServer:
             sock=self.sock,
         )
         self.agent = agent
+        self.trimmer = asyncio.create_task(self._give_back_after_storms(table))
         # The first inventory is collected after the listener is up and has had a moment
         # to answer the conductor's first probes, never before it.
         self.warmup = asyncio.create_task(self._warm_up(agent))
@@ -251,8 +254,14 @@ class AgentServer:
                     agent.inventory.invalidate()
                 break
 
+    async def _give_back_after_storms(self, table: ConnectionTable) -> None:
+        while True:
+            await asyncio.sleep(STORM_CHECK)
+            if table.storm_over():
+                memory.give_back()
+
     async def stop(self, reason: str = "agent stopping (SIGTERM)") -> None:
-        for task in (self.warmup, self.ironic):
+        for task in (self.warmup, self.ironic, self.trimmer):
             if task is not None:
                 task.cancel()
         if self.agent is not None:

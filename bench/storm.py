@@ -9,10 +9,11 @@ closes it, for ``--seconds``; meanwhile /v1/status is polled at 1 Hz from 127.0.
 new TLS connection per poll. Prints the polls' p50/p99 (and any failed), the agent's RSS
 before, at its peak and ``--settle`` s after the storm, its log lines over the storm, and
 the connections refused or closed (the agent's ``connection`` and ``handshake``
-rejection counts, the storm's own view).
+rejection counts, the storm's own view). First, the agent's RSS per held connection:
+``--hold`` idle TCP connections, then as many TLS ones after their handshake.
 
     .venv/bin/python bench/storm.py [--seconds 60] [--settle 30] [--idle 2400] [--tls 500]
-        [--slowloris 100]
+        [--slowloris 100] [--hold 400]
 
 Measured on 2 cores and 24 GiB; the storm clients share those cores with the agent.
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.agent.storm import AgentProcess, run_storm  # noqa: E402
+from tests.agent.storm import AgentProcess, memory_per_connection, run_storm  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -40,7 +41,17 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=2400)
     parser.add_argument("--tls", type=int, default=500)
     parser.add_argument("--slowloris", type=int, default=100)
+    parser.add_argument("--hold", type=int, default=400, help="connections held for memory")
     args = parser.parse_args()
+    for use_tls in (False, True):
+        with tempfile.TemporaryDirectory() as tmp:
+            agent = AgentProcess(Path(tmp))
+            try:
+                each = asyncio.run(memory_per_connection(agent, args.hold, use_tls))
+            finally:
+                agent.stop()
+        kind = "TLS, handshake done, no request" if use_tls else "TCP, no TLS"
+        print(f"RSS per held connection ({kind}, {args.hold} held): {each / 1024:.1f} KiB")
     with tempfile.TemporaryDirectory() as tmp:
         agent = AgentProcess(Path(tmp))
         try:

@@ -121,3 +121,21 @@ def test_a_sufficient_limit_is_left_alone(monkeypatch, soft):
     monkeypatch.setattr(connections, "resource", fake)
     assert fit_descriptor_limit(512) == 512
     assert fake.state["limits"] == (soft, 100000)
+
+
+def test_a_storm_is_over_once_a_table_at_least_half_full_has_drained():
+    table = ConnectionTable(max_total=16, max_per_peer=16)
+    conns = fill(table, "a", 7)
+    assert not table.storm_over()  # never half full: no storm
+    conns += fill(table, "a", 1)
+    assert not table.storm_over()  # half full, not drained
+    for conn in conns[2:]:
+        table.leave(conn)
+    assert table.storm_over()
+    assert not table.storm_over()  # said once per storm
+
+
+def test_memory_is_given_back():
+    from agent import memory
+
+    assert memory.give_back() is (memory.MALLOC_TRIM is not None)
