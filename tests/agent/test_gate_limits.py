@@ -129,3 +129,28 @@ async def test_connections_that_sent_a_request_are_not_displaced(limited):
     for _, writer in kept:
         assert not writer.transport.is_closing()
         writer.close()
+
+
+def test_the_limits_are_settings_with_their_documented_defaults(tmp_path):
+    from agent.config import Config, ConfigError, load_config
+
+    defaults = Config()
+    assert (defaults.max_connections, defaults.max_connections_per_peer) == (512, 64)
+    assert (defaults.handshake_timeout, defaults.header_timeout, defaults.idle_timeout) == (
+        10.0,
+        10.0,
+        75.0,
+    )
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "limits.toml").write_text("max-connections = 2000\nidle-timeout = 30\n")
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("tacet.header-timeout=2.5\n")
+    config = load_config(cmdline, tmp_path / "etc", tmp_path / "state")
+    assert (config.max_connections, config.idle_timeout, config.header_timeout) == (
+        2000,
+        30.0,
+        2.5,
+    )
+    cmdline.write_text("tacet.max-connections-per-peer=0\n")
+    with pytest.raises(ConfigError, match="max-connections-per-peer=0"):
+        load_config(cmdline, tmp_path / "etc", tmp_path / "state")
