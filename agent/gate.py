@@ -35,6 +35,7 @@ LOG = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0
 HEADER_TIMEOUT = 10.0
 HEAD_END = b"\r\n\r\n"
+INTERIM = b"HTTP/1.1 1"  # an interim (1xx) answer: the request is still under way
 MAX_HANDSHAKE_DELAY = 5.0
 LINGER = 2.0  # seconds a refused client has to read our alert before we close
 READ_SIZE = 64 * 1024
@@ -358,7 +359,8 @@ class TlsTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data or self.is_closing() or self.gate.tls is None or self.gate.state != "open":
             return
-        self.gate.answered()
+        if not bytes(data[:12]).startswith(INTERIM):  # "100 Continue" asks for the body
+            self.gate.answered()
         self.gate.tls.write(data)
         self.gate._flush()
 

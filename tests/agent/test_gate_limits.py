@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.agent.conftest import start
+from tests.agent.conftest import TOKEN, start
 from wire.tls import client_context
 
 STATUS = b"GET /v1/status HTTP/1.1\r\nHost: agent\r\n\r\n"
@@ -154,3 +154,22 @@ def test_the_limits_are_settings_with_their_documented_defaults(tmp_path):
     cmdline.write_text("tacet.max-connections-per-peer=0\n")
     with pytest.raises(ConfigError, match="max-connections-per-peer=0"):
         load_config(cmdline, tmp_path / "etc", tmp_path / "state")
+
+
+@pytest.mark.parametrize("limited", [{"header_timeout": 0.5}], indirect=True)
+async def test_a_body_sent_after_100_continue_is_not_taken_for_a_slow_head(limited):
+    body = b'{"name": "poll.get_hardware_info", "params": {}}'
+    reader, writer = await connect(limited)
+    writer.write(
+        b"POST /v1/commands/?agent_token=" + TOKEN.encode() + b" HTTP/1.1\r\nHost: agent\r\n"
+        b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim.startswith(b"HTTP/1.1 100")
+    writer.write(body[:10])
+    await asyncio.sleep(1.0)  # longer than the header timeout, in the body
+    writer.write(body[10:])
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    writer.close()
