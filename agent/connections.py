@@ -3,14 +3,15 @@
 The policy, in one place:
 
 - At most ``max_total`` connections are open at once, and at most ``max_per_peer`` from
-  one address. A peer at its own cap has its new connection refused (closed at once).
-- When the agent is full, a connection that has not yet sent a complete request head
-  (mid-handshake, idle after it, or sending headers slowly: *unsettled*) is closed to
-  make room, taken from the peer holding the most unsettled connections, its oldest
-  one; but only if that peer holds more of them than the new connection's peer does.
-  Otherwise the new connection is refused. So a conductor polling from its own address
-  gets in while a storm from other addresses fills the agent, and a storm cannot
-  displace itself faster than the cap lets it. A connection that sent a request (a
+  one address. A peer at its own cap makes room with its own oldest *unsettled*
+  connection (no complete request head yet: mid-handshake, idle after it, or sending
+  headers slowly); when it has none, its new connection is refused (closed at once).
+  So a conductor behind the same address as a storm (a NAT) still gets its turn.
+- When the agent is full, an unsettled connection is closed to make room: the oldest
+  of the peer holding the most unsettled connections, but only if that peer holds more
+  of them than the new connection's peer does. Otherwise the new connection is refused.
+  So a conductor polling from its own address gets in while a storm from other
+  addresses fills the agent. A connection that sent a request (a
   conductor waiting on a long command, an idle keep-alive one) is never closed to make
   room: the keep-alive idle timeout ends those.
 
@@ -67,9 +68,13 @@ class ConnectionTable:
 
     def admit(self, connection: Evictable, peer: str) -> Admission:
         if self.per_peer[peer] >= self.max_per_peer:
-            self.counts["refused"] += 1
-            return Admission(False, f"{self.max_per_peer} connections from this address already")
-        if len(self.peers) >= self.max_total:
+            if peer not in self.unsettled:
+                self.counts["refused"] += 1
+                return Admission(
+                    False, f"{self.max_per_peer} connections from this address already, all in use"
+                )
+            self._evict(next(iter(self.unsettled[peer])))
+        elif len(self.peers) >= self.max_total:
             mine = len(self.unsettled.get(peer, ()))
             if self.heaviest <= mine:
                 self.counts["refused"] += 1
@@ -77,10 +82,7 @@ class ConnectionTable:
                     False, f"{self.max_total} connections already, none to close in its favour"
                 )
             victim_peer = next(iter(self.buckets[self.heaviest]))
-            oldest = next(iter(self.unsettled[victim_peer]))
-            self.counts["evicted"] += 1
-            self.leave(oldest)
-            oldest.evict()
+            self._evict(next(iter(self.unsettled[victim_peer])))
         self.peers[connection] = peer
         self.per_peer[peer] += 1
         held = self.unsettled.setdefault(peer, {})
@@ -88,6 +90,11 @@ class ConnectionTable:
         self._rebucket(peer, len(held) - 1, len(held))
         self.high_water = max(self.high_water, len(self.peers))
         return Admission(True)
+
+    def _evict(self, connection: Evictable) -> None:
+        self.counts["evicted"] += 1
+        self.leave(connection)
+        connection.evict()
 
     def settled(self, connection: Evictable) -> None:
         """The connection sent a request head: it no longer gives way to new ones."""

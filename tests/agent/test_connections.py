@@ -30,9 +30,19 @@ def fill(table: ConnectionTable, peer: str, count: int) -> list[Conn]:
     return made
 
 
-def test_per_peer_cap_refuses_the_peers_new_connection_only():
+def test_a_peer_at_its_cap_makes_room_with_its_own_oldest_unsettled_connection():
     table = ConnectionTable(max_total=100, max_per_peer=3)
-    fill(table, "a", 3)
+    held = fill(table, "a", 3)
+    table.settled(held[0])
+    assert table.admit(Conn("a-new"), "a").admitted
+    assert [c.evicted for c in held] == [False, True, False]
+    assert table.per_peer["a"] == 3 and table.counts["evicted"] == 1
+
+
+def test_a_peer_at_its_cap_with_every_connection_in_use_is_refused():
+    table = ConnectionTable(max_total=100, max_per_peer=3)
+    for conn in fill(table, "a", 3):
+        table.settled(conn)
     refused = table.admit(Conn("a-new"), "a")
     assert not refused.admitted and "3 connections from this address" in refused.reason
     assert table.admit(Conn("b-0"), "b").admitted

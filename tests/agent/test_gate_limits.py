@@ -87,16 +87,37 @@ async def test_an_idle_kept_connection_is_closed_after_the_idle_timeout(limited)
 
 
 @pytest.mark.parametrize("limited", [{"max_connections_per_peer": 3}], indirect=True)
-async def test_the_per_peer_cap_refuses_that_peers_next_connection(limited):
-    held = [await connect(limited, "127.0.0.2", use_tls=False) for _ in range(3)]
+async def test_a_conductor_behind_a_storms_address_still_gets_its_turn(limited):
+    storm = [await connect(limited, "127.0.0.2", use_tls=False) for _ in range(3)]
+    reader, writer = await connect(limited, "127.0.0.2")  # the same address, as behind a NAT
+    await answered(reader, writer)
+    assert await closed_within(storm[0][0], 2) < 1  # the address's oldest idle one gave way
+    # Now the address holds two idle connections and one in use; two more idle ones:
+    more = [await connect(limited, "127.0.0.2", use_tls=False) for _ in range(2)]
+    assert await closed_within(storm[1][0], 2) < 1
+    assert await closed_within(storm[2][0], 2) < 1
+    assert not writer.transport.is_closing()  # the one that sent a request stays
+    writer.close()
+    for _, other in storm + more:
+        other.close()
+
+
+@pytest.mark.parametrize("limited", [{"max_connections_per_peer": 2}], indirect=True)
+async def test_a_peer_whose_connections_are_all_in_use_is_refused_a_third(limited):
+    kept = []
+    for _ in range(2):
+        reader, writer = await connect(limited, "127.0.0.2")
+        await answered(reader, writer)
+        kept.append(writer)
     reader, writer = await connect(limited, "127.0.0.2", use_tls=False)
     assert await closed_within(reader, 2) < 1  # refused at once
     writer.close()
     other_reader, other_writer = await connect(limited, "127.0.0.3")
     await answered(other_reader, other_writer)
     other_writer.close()
-    for _, held_writer in held:
-        held_writer.close()
+    for kept_writer in kept:
+        assert not kept_writer.transport.is_closing()
+        kept_writer.close()
 
 
 @pytest.mark.parametrize("limited", [{"max_connections": 4}], indirect=True)
