@@ -46,6 +46,12 @@ class Config:
     command_history: int = 100
     inventory_max_age: float = 300.0
     max_body_bytes: int = 1024 * 1024
+    # Under a hostile network: see agent/connections.py for the policy at the caps.
+    max_connections: int = 512
+    max_connections_per_peer: int = 64
+    handshake_timeout: float = 10.0
+    header_timeout: float = 10.0  # for a complete request head (slowloris)
+    idle_timeout: float = 75.0  # keep-alive; the conductor's pool gives up idle ones at 60 s
     allow_loop_devices: bool = False  # attached loop devices as disks: trying Tacet out
     cmdline: str = field(default="", repr=False)  # may carry ipa-agent-token
     config_dir: Path = DEFAULT_CONFIG_DIR
@@ -184,6 +190,11 @@ SETTINGS: dict[str, Setting] = {
     "command-history": Setting("command_history", _positive_int),
     "inventory-max-age": Setting("inventory_max_age", _positive_float),
     "max-body-bytes": Setting("max_body_bytes", _positive_int),
+    "max-connections": Setting("max_connections", _positive_int),
+    "max-connections-per-peer": Setting("max_connections_per_peer", _positive_int),
+    "handshake-timeout": Setting("handshake_timeout", _positive_float),
+    "header-timeout": Setting("header_timeout", _positive_float),
+    "idle-timeout": Setting("idle_timeout", _positive_float),
     "allow-loop-devices": Setting("allow_loop_devices", _bool),
 }
 IRONIC_NAMES = {s.ironic_name: name for name, s in SETTINGS.items() if s.ironic_name}

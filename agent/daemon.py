@@ -16,12 +16,13 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, logs, memory
 from .commands import Registry
 from .config import KERNEL, Config
+from .connections import ConnectionTable, fit_descriptor_limit
 from .core import Agent
 from .extensions import log, poll, standby, steps
-from .gate import TlsGate
+from .gate import Timeouts, TlsGate
 from .inventory_cache import UDEV_CONTROL, InventoryCache
 from .malformed import connections
 from .power import PowerBackend, SystemPower
@@ -32,6 +33,7 @@ WARMUP_DELAY = 0.5  # seconds after the listener is up
 NETWORK_POLL = 0.2  # seconds between looks at the host's addresses while waiting
 UDEV_WAIT = 60.0  # seconds the warm-up keeps looking for a udev daemon that starts late
 UDEV_POLL = 0.5
+STORM_CHECK = 5.0  # seconds between looks at whether a connection storm is over
 
 
 def live_inventory(config: Config) -> Callable[[], dict[str, Any]]:
@@ -108,7 +110,7 @@ async def wait_for_network(
         await asyncio.sleep(NETWORK_POLL)
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
+def listen_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
     """The one listening socket: dual-stack ``::`` by default, IPv4 when IPv6 is absent."""
     candidates: list[tuple[socket.AddressFamily, str]] = []
     if host in ("::", ""):
@@ -124,7 +126,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
             if family == socket.AF_INET6 and address == "::":
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             sock.bind((address, port))
-            sock.listen(128)
+            sock.listen(backlog)
             sock.setblocking(False)
             return sock
         except OSError as exc:
@@ -172,6 +174,8 @@ class AgentServer:
         self.warmup: asyncio.Task[Any] | None = None
         self.ironic: asyncio.Task[None] | None = None
         self.tcp_server: asyncio.Server | None = None
+        self.connections: ConnectionTable | None = None
+        self.trimmer: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -203,22 +207,40 @@ class AgentServer:
         # auto_decompress=False: request bodies are taken as sent (ironic never compresses).
         # Decoding them in aiohttp's parser turned a truncated gzip/deflate body, or a br/zstd
         # one, into a plain-text 400 outside the API's JSON faults.
+        # keepalive_timeout: aiohttp's own default (3630 s) kept idle connections an hour.
         self.runner = web.AppRunner(
             create_app(agent),
             access_log=None,
             handle_signals=False,
             shutdown_timeout=5,
             auto_decompress=False,
+            keepalive_timeout=config.idle_timeout,
         )
         await self.runner.setup()
-        self.sock = listen_socket(config.listen_host, config.listen_port)
+        max_connections = fit_descriptor_limit(config.max_connections)
+        table = ConnectionTable(max_connections, config.max_connections_per_peer)
+        self.connections = table
+        timeouts = Timeouts(config.handshake_timeout, config.header_timeout)
+        # A backlog as deep as the cap (within the kernel's somaxconn): a burst of
+        # connects waits in the kernel for its turn instead of being dropped.
+        self.sock = listen_socket(
+            config.listen_host, config.listen_port, min(max_connections, 4096)
+        )
         context, server = agent.ssl_context, self.runner.server
         assert server is not None
         self.tcp_server = await asyncio.get_running_loop().create_server(
-            lambda: TlsGate(context, connections(server), agent.guard, config.client_allowlist),
+            lambda: TlsGate(
+                context,
+                connections(server),
+                agent.guard,
+                config.client_allowlist,
+                timeouts,
+                table,
+            ),
             sock=self.sock,
         )
         self.agent = agent
+        self.trimmer = asyncio.create_task(self._give_back_after_storms(table))
         # The first inventory is collected after the listener is up and has had a moment
         # to answer the conductor's first probes, never before it.
         self.warmup = asyncio.create_task(self._warm_up(agent))
@@ -242,8 +264,14 @@ class AgentServer:
                     agent.inventory.invalidate()
                 break
 
+    async def _give_back_after_storms(self, table: ConnectionTable) -> None:
+        while True:
+            await asyncio.sleep(STORM_CHECK)
+            if table.storm_over():
+                memory.give_back()
+
     async def stop(self, reason: str = "agent stopping (SIGTERM)") -> None:
-        for task in (self.warmup, self.ironic):
+        for task in (self.warmup, self.ironic, self.trimmer):
             if task is not None:
                 task.cancel()
         if self.agent is not None:
@@ -264,6 +292,8 @@ async def serve(
 ) -> None:
     """Run until ``stop`` is set or SIGTERM/SIGINT arrives; ``network_wait``: see
     ``AgentServer.start``."""
+    # Before the listener: asyncio's accept errors (EMFILE) in one line, rate-limited.
+    asyncio.get_running_loop().set_exception_handler(logs.loop_exception_handler)
     server = AgentServer(config, power, collect_inventory, network_wait)
     agent = await server.start()
     assert server.sock is not None
@@ -302,4 +332,6 @@ def configure_logging(debug: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger().addHandler(log.AGENT_LOG)
+    root = logging.getLogger()
+    root.addHandler(log.AGENT_LOG)
+    logs.install(root.handlers)

@@ -9,6 +9,12 @@ handshake ends with OpenSSL's alert (``certificate required`` with TLS 1.3, ``ha
 failure`` with 1.2, ``unknown CA``...), and only refusals of the client's credentials
 count towards the peer's hold-off: a client that leaves mid-handshake (a port scan, a
 health check) is logged, not held against its address.
+
+Under a connection storm the gate is what keeps the agent answering: it admits a
+connection only within the caps of ``agent.connections`` (closing the oldest unsettled
+one when full), gives a client ``handshake_timeout`` seconds for its handshake and
+``header_timeout`` more for a complete request head (slowloris), and creates the TLS
+object only when the first bytes arrive, so an idle TCP connection costs little memory.
 """
 
 from __future__ import annotations
@@ -19,12 +25,17 @@ import fnmatch
 import logging
 import ssl
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from .connections import ConnectionTable
 from .guard import Guard
 
 LOG = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0
+HEADER_TIMEOUT = 10.0
+HEAD_END = b"\r\n\r\n"
+INTERIM = b"HTTP/1.1 1"  # an interim (1xx) answer: the request is still under way
 MAX_HANDSHAKE_DELAY = 5.0
 LINGER = 2.0  # seconds a refused client has to read our alert before we close
 READ_SIZE = 64 * 1024
@@ -33,6 +44,12 @@ READ_SIZE = 64 * 1024
 CLIENT_CERTIFICATE_FAILURES = frozenset(
     {"PEER_DID_NOT_RETURN_A_CERTIFICATE", "CERTIFICATE_VERIFY_FAILED"}
 )
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    handshake: float = HANDSHAKE_TIMEOUT  # from accepting (or the hold-off) to its end
+    header: float = HEADER_TIMEOUT  # for a complete request head, once one has begun
 
 
 def certificate_names(peercert: dict[str, Any] | None) -> list[str]:
@@ -66,8 +83,12 @@ class TlsGate(asyncio.Protocol):
         app_factory: Callable[[], asyncio.Protocol],
         guard: Guard,
         allowlist: Sequence[str] = (),
+        timeouts: Timeouts = Timeouts(),
+        table: ConnectionTable | None = None,
     ) -> None:
         self.context = context
+        self.timeouts = timeouts
+        self.table = table
         self.app_factory = app_factory
         self.guard = guard
         self.allowlist = allowlist
@@ -80,6 +101,12 @@ class TlsGate(asyncio.Protocol):
         self.app_transport: TlsTransport | None = None
         self.state = "waiting"  # waiting, handshake, open, lingering, closed
         self.timer: asyncio.TimerHandle | None = None
+        # The request stream as seen for the header timeout: "head" (a request head is
+        # due: after the handshake, or once a client that had its answer sends again),
+        # "request" (its head is complete), "answered" (the agent has answered).
+        self.phase = "head"
+        self.head_tail = b""  # the last bytes of the head so far, for HEAD_END across reads
+        self.head_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -87,6 +114,13 @@ class TlsGate(asyncio.Protocol):
         self.transport = transport
         peername = transport.get_extra_info("peername")
         self.peer = str(peername[0]) if peername else "unknown"
+        if self.table is not None:
+            admission = self.table.admit(self, self.peer)
+            if not admission.admitted:
+                self.state = "closed"
+                self.guard.refuse(self.peer, "connection", admission.reason, hold_off=False)
+                transport.abort()
+                return
         asyncio.get_running_loop().create_task(self._start(transport))
 
     def data_received(self, data: bytes) -> None:
@@ -123,8 +157,24 @@ class TlsGate(asyncio.Protocol):
             self._refused(ConnectionResetError(str(exc) if exc else "closed mid-handshake"))
         self.state = "closed"
         self._cancel_timer()
+        self._cancel_head_timer()
+        if self.table is not None:
+            self.table.leave(self)
         if self.app is not None:
             self.app.connection_lost(exc)
+
+    def evict(self) -> None:
+        """Closed to make room for a new connection (``ConnectionTable``'s policy)."""
+        if self.state != "closed":
+            self._cancel_timer()
+            self._cancel_head_timer()
+            self.guard.refuse(
+                self.peer,
+                "connection",
+                "closed without a request to make room for a new connection",
+                hold_off=False,
+            )
+        self._abort()
 
     def pause_writing(self) -> None:
         if self.app is not None:
@@ -142,16 +192,17 @@ class TlsGate(asyncio.Protocol):
             await asyncio.sleep(min(wait, MAX_HANDSHAKE_DELAY))
         if transport.is_closing() or self.state != "waiting":
             return
-        self.tls = self.context.wrap_bio(self.incoming, self.outgoing, server_side=True)
-        self.state = "handshake"
+        self.state = "handshake"  # the TLS object waits for the client's first bytes
         loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(HANDSHAKE_TIMEOUT, self._timed_out)
+        self.timer = loop.call_later(self.timeouts.handshake, self._timed_out)
         transport.resume_reading()
         if self.incoming.pending or self.incoming.eof:
             self._handshake()  # what came during the delay
 
     def _handshake(self) -> None:
-        assert self.tls is not None and self.transport is not None
+        assert self.transport is not None
+        if self.tls is None:
+            self.tls = self.context.wrap_bio(self.incoming, self.outgoing, server_side=True)
         try:
             self.tls.do_handshake()
         except ssl.SSLWantReadError:
@@ -177,6 +228,7 @@ class TlsGate(asyncio.Protocol):
                 return
         self._flush()
         self.state = "open"
+        self._start_head_timer()
         app = self.app_factory()
         self.app = app
         self.app_transport = TlsTransport(self)
@@ -232,8 +284,57 @@ class TlsGate(asyncio.Protocol):
                 if not self.app.eof_received() and self.app_transport is not None:
                     self.app_transport.close()
                 return
+            self._watch_head(data)
             self.app.data_received(data)
         self._flush()  # reading can answer the client (a key update)
+
+    # -- the request head's deadline ---------------------------------------------------
+    def _watch_head(self, data: bytes) -> None:
+        """Note where a request head ends (its blank line); a new one begins when a
+        client that had its answer sends again."""
+        if self.phase == "answered":
+            self.phase = "head"
+            self.head_tail = b""
+            self._start_head_timer()
+        if self.phase != "head":
+            return
+        seen = self.head_tail + data
+        if HEAD_END in seen:
+            self.phase = "request"
+            self._cancel_head_timer()
+            if self.table is not None:
+                self.table.settled(self)
+        else:
+            self.head_tail = seen[-(len(HEAD_END) - 1) :]
+
+    def answered(self) -> None:
+        """The application wrote (part of) an answer."""
+        if self.phase != "answered":
+            self.phase = "answered"
+            self._cancel_head_timer()
+            if self.table is not None:
+                self.table.settled(self)
+
+    def _start_head_timer(self) -> None:
+        self._cancel_head_timer()
+        loop = asyncio.get_running_loop()
+        self.head_timer = loop.call_later(self.timeouts.header, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        if self.state == "open" and self.phase == "head":
+            self.guard.refuse(
+                self.peer,
+                "connection",
+                f"no complete request head within {self.timeouts.header:g} s",
+                hold_off=False,
+            )
+            self._abort()
+
+    def _cancel_head_timer(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
 
     def _flush(self) -> None:
         data = self.outgoing.read()
@@ -270,6 +371,8 @@ class TlsTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data or self.is_closing() or self.gate.tls is None or self.gate.state != "open":
             return
+        if not bytes(data[:12]).startswith(INTERIM):  # "100 Continue" asks for the body
+            self.gate.answered()
         self.gate.tls.write(data)
         self.gate._flush()
 
