@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import socket
 import ssl
@@ -216,6 +217,93 @@ def test_only_the_agent_port_is_open(passive: Passive):
 
 def await_status(passive: Passive) -> tuple[int, Any, bytes]:
     return asyncio.run(passive.client.get("/v1/status"))
+
+
+# --- a connection storm against the agent in the guest, with the ramdisk's own limits --
+
+
+async def agent_facts(client: AgentClient) -> tuple[int, int]:
+    """(the agent's RSS in KiB, its journal lines so far), from the log bundle."""
+    status, result = await client.command("log.collect_system_logs")
+    if status == 200 and result["command_status"] == "RUNNING":
+        result = await client.wait_command(result["id"], 120)
+    assert status == 200 and result["command_status"] == "SUCCEEDED", result
+    archive = base64.b64decode(result["command_result"]["system_logs"])
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        texts = {
+            name: (tar.extractfile(name) or io.BytesIO()).read().decode(errors="replace")
+            for name in ("ps.txt", "journal.txt")
+        }
+    rss = [
+        int(line.split()[4])
+        for line in texts["ps.txt"].splitlines()[1:]
+        if "tacet-agent" in line and "python" in line
+    ]
+    assert len(rss) == 1, texts["ps.txt"]
+    lines = sum(1 for line in texts["journal.txt"].splitlines() if " tacet-agent[" in line)
+    return rss[0], lines
+
+
+async def storm_client(port: int, slow: bool, stop: asyncio.Event, opened: list[int]) -> None:
+    """Connect and hold the connection idle (or send a byte every 2 s: slowloris); when
+    the agent closes it, connect again."""
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.5)
+            continue
+        opened[0] += 1
+        try:
+            while not stop.is_set():
+                if slow:
+                    writer.write(b"\x16")
+                    await writer.drain()
+                with contextlib.suppress(TimeoutError):
+                    if await asyncio.wait_for(reader.read(1024), 2.0) == b"":
+                        break  # closed by the agent (or QEMU's forward)
+        except OSError:
+            pass
+        finally:
+            writer.close()
+        await asyncio.sleep(0.5)
+
+
+async def test_connection_storm_in_the_guest(passive: Passive):
+    """300 idle and 20 slowloris connections through QEMU's forward while the conductor
+    polls /v1/status at 1 Hz, each poll on a new mutual-TLS connection. QEMU's user
+    networking makes every connection come from one address (10.0.2.2), the conductor's
+    included, so this exercises the per-peer cap and its eviction of unsettled
+    connections under the ramdisk's real limits (LimitNOFILE, the default caps)."""
+    client, port = passive.client, passive.client.port
+    rss_before, lines_before = await agent_facts(client)
+    stop, opened = asyncio.Event(), [0]
+    storm = [
+        asyncio.create_task(storm_client(port, slow=i < 20, stop=stop, opened=opened))
+        for i in range(320)
+    ]
+    latencies: list[float] = []
+    try:
+        await asyncio.sleep(3)  # let the storm fill the agent's slots first
+        for _ in range(20):
+            started = time.monotonic()
+            status, body = await asyncio.wait_for(client.get_json("/v1/status"), 30)
+            latencies.append(time.monotonic() - started)
+            assert status == 200, body
+            await asyncio.sleep(max(0.0, 1.0 - latencies[-1]))
+    finally:
+        stop.set()
+        await asyncio.gather(*storm, return_exceptions=True)
+    report("storm in the guest: connections opened", str(opened[0]))
+    report("storm in the guest: status poll max", f"{max(latencies) * 1000:.0f} ms")
+    assert opened[0] > 320, opened  # the agent closed connections and they came back
+    assert max(latencies) < 1.0, latencies
+    await asyncio.sleep(30)
+    rss_after, lines_after = await agent_facts(client)
+    report("storm in the guest: agent RSS before/after", f"{rss_before}/{rss_after} KiB")
+    report("storm in the guest: agent log lines", str(lines_after - lines_before))
+    assert rss_after - rss_before < 20 * 1024, (rss_before, rss_after)
+    assert lines_after - lines_before < 100, (lines_before, lines_after)
 
 
 async def test_passive_provisioning(passive: Passive, tmp_path: Path):
