@@ -37,6 +37,7 @@ from wire.certs import fingerprint
 
 Writer = Callable[[asyncio.StreamWriter], Awaitable[None]]
 SMALL_BODY = 64 * 1024  # the pool's body limit in these tests
+ENDLESS = 2 * 1024 * 1024 * 1024  # what an "endless" answer sends at most
 
 
 class Malicious:
@@ -242,9 +243,12 @@ def endless_chunks(chunk: bytes) -> Writer:
 
     async def answer(writer: asyncio.StreamWriter) -> None:
         writer.write(HEAD + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-        while not writer.is_closing():  # drain() does not raise once the client left
+        for _ in range(ENDLESS // len(chunk)):  # far past any limit: endless to the client
+            if writer.is_closing():
+                return
             writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             await writer.drain()
+            await asyncio.sleep(0)  # drain() may not wait once the client has left
 
     return answer
 
@@ -266,6 +270,7 @@ def json_string_status(size: int, framing: str) -> Writer:
                 return
             writer.write(piece)
             await writer.drain()
+            await asyncio.sleep(0)
         writer.write(after)
         await writer.drain()
         if framing != "length":
@@ -319,9 +324,12 @@ async def test_an_endless_inventory_stops_at_the_inventory_limit(malicious):
 
 async def test_endless_informational_answers(malicious):
     async def answer(writer: asyncio.StreamWriter) -> None:
-        while not writer.is_closing():
+        for _ in range(ENDLESS // 1024):
+            if writer.is_closing():
+                return
             writer.write(b"HTTP/1.1 102 Processing\r\n\r\n")
             await writer.drain()
+            await asyncio.sleep(0)
 
     _server, client = await malicious(answer)
     assert "informational" in await protocol_error(client)
