@@ -28,6 +28,7 @@ from .client import (
     Options,
     Trust,
     Unreachable,
+    deadline_message,
     parse_pin,
     tune_gc_for_polling,
 )
@@ -137,7 +138,10 @@ class _Help(argparse.RawDescriptionHelpFormatter):
     pass
 
 
-def _connection(parser: argparse.ArgumentParser) -> None:
+ATTEMPT_TIMEOUT = 60.0  # one request and its answer, within the command's --timeout
+
+
+def _connection(parser: argparse.ArgumentParser, timeout: float) -> None:
     parser.add_argument("host", metavar="HOST[:PORT]", help="the agent (default port 9999)")
     group = parser.add_argument_group("connection")
     group.add_argument(
@@ -159,7 +163,13 @@ def _connection(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept the certificate served and print its fingerprint (weakest; explicit)",
     )
-    group.add_argument("--timeout", type=float, default=60.0, help="per request, s (%(default)s)")
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=timeout,
+        metavar="S",
+        help="for the whole command, retries and waits included (default: %(default)g s)",
+    )
     group.add_argument("--retries", type=int, default=3, help="on connection errors (%(default)s)")
 
 
@@ -185,6 +195,7 @@ class AgentCommand:
     work: Callable[[AgentClient, argparse.Namespace], Awaitable[None]]
     arguments: tuple[Argument, ...] = ()
     needs_token: bool = True  # --pki then looks up the node's token
+    timeout: float = 60.0  # the default --timeout: the whole command
 
 
 def _agent_commands(commands: Any) -> None:
@@ -198,7 +209,7 @@ def _agent_commands(commands: Any) -> None:
             + f"\n\n{EXIT_CODES}",
             formatter_class=_Help,
         )
-        _connection(parser)
+        _connection(parser, command.timeout)
         for extra in command.arguments:
             parser.add_argument(*extra.flags, **extra.options)
         parser.set_defaults(run=_with_client(command.work), needs_token=command.needs_token)
@@ -265,7 +276,17 @@ def _options(args: argparse.Namespace, host: str) -> Options:
     if cert is not None and key is not None:
         pki.check_client_pair(cert, key)
     trust = Trust(cafile, pin, args.trust_on_first_use, cert, key)
-    return Options(trust, token or None, timeout=args.timeout, retries=args.retries)
+    if not args.timeout > 0:
+        raise pki.PkiError("--timeout must be a positive number of seconds")
+    if args.retries < 0:
+        raise pki.PkiError("--retries must be 0 or more")
+    return Options(
+        trust,
+        token or None,
+        timeout=min(ATTEMPT_TIMEOUT, args.timeout),
+        retries=args.retries,
+        deadline=args.timeout,
+    )
 
 
 def _with_client(
@@ -286,7 +307,14 @@ def _with_client(
 
         async def go() -> None:
             async with client:
-                await work(client, args)
+                try:
+                    async with asyncio.timeout(args.timeout) as scope:
+                        await work(client, args)
+                except TimeoutError:
+                    if not scope.expired():
+                        raise
+                    message = deadline_message(args.timeout, client.last_call, "--timeout")
+                    raise Unreachable(message, client.address) from None
                 if client.mode == "tofu" and client.seen_fingerprint:
                     print(
                         f"tacet: trusted on first use: certificate SHA-256 "
@@ -484,6 +512,7 @@ AGENT_COMMANDS: tuple[AgentCommand, ...] = (
             ),
             argument("--interval", type=float, default=2.0, help="status poll interval, s"),
         ),
+        timeout=3600.0,  # writing the image
     ),
     AgentCommand(
         "commands",
@@ -498,12 +527,14 @@ AGENT_COMMANDS: tuple[AgentCommand, ...] = (
         ("tacet logs 10.0.0.5 --pki pki -o node-1-logs.tar.gz",),
         _logs_work,
         (argument("-o", "--output", required=True, type=Path, metavar="FILE"),),
+        timeout=180.0,  # the agent runs its log commands for up to 15 s each
     ),
     AgentCommand(
         "power-off",
         "sync and power the machine off",
         ("tacet power-off 10.0.0.5 --pki pki",),
         _power_off_work,
+        timeout=180.0,  # up to 120 s of it waiting for the result
     ),
 )
 

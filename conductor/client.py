@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import hashlib
 import hmac
 import json
 import random
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from wire.binding import binding_hmac
@@ -41,6 +42,7 @@ from .http import (
     Pool,
     Response,
     ResponseReader,
+    TooLarge,
     one_line,
     tune_gc_for_polling,
 )
@@ -63,6 +65,43 @@ __all__ = [  # what other modules take from here; the HTTP layer itself is in .h
     "ResponseReader",
     "tune_gc_for_polling",
 ]
+
+# The largest answer each call accepts, checked as the bytes arrive (docs/conductor.md).
+# Measured: a status is under 2 KiB, an ordinary command result a few KiB, an inventory
+# 2-4 KiB for the VMs in tests/fixtures (tens of KiB for a large server), a log archive
+# at most about 48 MiB of base64 (nine files of at most 4 MiB each, incompressible).
+KIB, MIB = 1024, 1024 * 1024
+STATUS_LIMIT = 1 * MIB  # GET /v1/status
+RESULT_LIMIT = 1 * MIB  # an ordinary command result, and any error answer
+INVENTORY_LIMIT = 16 * MIB  # poll.get_hardware_info
+LOGS_LIMIT = 64 * MIB  # log.collect_system_logs
+HISTORY_LIMIT = 64 * MIB  # GET /v1/commands/ (it may hold a log archive)
+
+DEFAULT_DEADLINE = 120.0  # one call with its retries and their backoff, s
+
+
+def size_text(size: int) -> str:
+    """``1 MiB``, ``64 KiB`` or ``1000 bytes``: limits as an operator reads them."""
+    for unit, name in ((MIB, "MiB"), (KIB, "KiB")):
+        if size >= unit and size % unit == 0:
+            return f"{size // unit} {name}"
+    return f"{size} bytes"
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Call:
+    """One API call in progress: when its deadline is, what its attempts saw."""
+
+    deadline: float  # seconds it was given
+    end: float  # the event loop's time at which it ends
+    attempts: int = 0
+    last_error: str | None = None
+
+
+_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("tacet_call", default=None)
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -250,10 +289,11 @@ class Options:
 
     trust: Trust = field(default_factory=Trust)
     token: str | None = field(default=None, repr=False)
-    timeout: float = 60.0  # per request (a ?wait=true request may take longer: see run)
-    connect_timeout: float = 10.0
+    timeout: float = 60.0  # per attempt: one request and its whole answer
+    connect_timeout: float = 10.0  # per attempt: TCP connect, and then the TLS handshake
     retries: int = 3  # on connection errors
     backoff: float = 0.5  # first retry delay; doubles, jittered
+    deadline: float | None = DEFAULT_DEADLINE  # per call, its retries and backoff included
 
 
 # -- typed results -----------------------------------------------------------------------
@@ -395,6 +435,7 @@ class AgentClient:
         self.pool = pool or Pool()
         self.context: ssl.SSLContext | None = None
         self.seen_fingerprint: str | None = None  # colon hex, as the agent prints it
+        self.last_call: _Call | None = None  # the attempts of the last call made
         self.keep_alive = self.pool.keep_alive_slot(self.address)
         token = self.options.token
         if token is not None and not printable_token(token):
@@ -415,6 +456,10 @@ class AgentClient:
     # -- trust ---------------------------------------------------------------------------
     async def verify_server(self) -> None:
         """Establish the context every later request uses; Untrusted when it does not verify."""
+        if self.context is None:
+            await self._within_deadline(self._verify_server)
+
+    async def _verify_server(self) -> None:
         if self.context is not None:
             return
         trust = self.options.trust
@@ -439,7 +484,8 @@ class AgentClient:
         if self.mode == "binding":
             # The public status, over a connection that trusts exactly the certificate
             # seen, without the token; the token goes out only once the binding holds.
-            self._check_binding(der, await self._get(context, "/v1/status", token=False))
+            status = await self._get(context, "/v1/status", token=False, limit=STATUS_LIMIT)
+            self._check_binding(der, status)
         self.seen_fingerprint = fingerprint(pem)
         self.context = context
 
@@ -484,7 +530,7 @@ class AgentClient:
                 raise ProtocolError("no server certificate seen", self.address)
             return bytes(der)
 
-        der: bytes = await self._with_retries(attempt, idempotent=True)
+        der: bytes = await self._with_retries(attempt, idempotent=True, what="the TLS probe")
         return der
 
     # -- requests ------------------------------------------------------------------------
@@ -500,9 +546,35 @@ class AgentClient:
             )
         return Unauthenticated(f"{detail}; {hint}", self.address)
 
-    async def _with_retries(self, attempt: Callable[[], Any], idempotent: bool) -> Any:
+    async def _within_deadline(self, work: Callable[[], Awaitable[T]]) -> T:
+        """``work()`` within the per-call deadline (``Options.deadline``): its retries and
+        their backoff included. Unreachable when the deadline passes. A call made inside
+        another (verifying the server inside a request) shares the outer one's deadline."""
+        deadline = self.options.deadline
+        if _CALL.get() is not None or deadline is None:
+            return await work()
+        loop = asyncio.get_running_loop()
+        call = _Call(deadline, loop.time() + deadline)
+        token = _CALL.set(call)
+        try:
+            async with asyncio.timeout_at(call.end) as scope:
+                return await work()
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise Unreachable(deadline_message(call.deadline, call), self.address) from None
+        finally:
+            _CALL.reset(token)
+            self.last_call = call
+
+    async def _with_retries(
+        self, attempt: Callable[[], Any], idempotent: bool, what: str = "this answer"
+    ) -> Any:
         tries = 0
+        call = _CALL.get()
         while True:
+            if call is not None:
+                call.attempts += 1
             try:
                 return await attempt()
             except ssl.SSLCertVerificationError as exc:
@@ -525,12 +597,19 @@ class AgentClient:
                 retry = True
             except (Dropped, TimeoutError) as exc:
                 error, retry = exc, idempotent
+            except TooLarge as exc:
+                raise ProtocolError(
+                    f"answer larger than {size_text(exc.limit)}, the limit for {what}",
+                    self.address,
+                ) from None
             except BadHttp as exc:
                 raise ProtocolError(f"bad HTTP answer: {exc}", self.address) from None
             except OSError as exc:  # the probe: refused, unreachable, reset before use
                 error, retry = exc, True
+            reason = str(error) or type(error).__name__
+            if call is not None:
+                call.last_error = reason
             if not retry or tries >= self.options.retries:
-                reason = str(error) or type(error).__name__
                 raise Unreachable(reason, self.address) from None
             await asyncio.sleep(self.options.backoff * 2**tries * random.uniform(0.5, 1.5))
             tries += 1
@@ -565,15 +644,21 @@ class AgentClient:
         body: Any = None,
         timeout: float | None = None,
         token: bool = True,
+        limit: int = RESULT_LIMIT,
     ) -> Any:
-        """One API request with the token; GETs are retried after a dropped connection,
-        POSTs only when the connection never opened (a command must not run twice)."""
-        await self.verify_server()
-        assert self.context is not None
-        return await self._send(self.context, method, path, body, timeout, token)
+        """One API request with the token, its answer at most ``limit`` bytes, within the
+        per-call deadline. GETs are retried after a dropped connection, POSTs only when
+        the connection never opened (a command must not run twice)."""
 
-    async def _get(self, context: ssl.SSLContext, path: str, token: bool) -> Any:
-        return await self._send(context, "GET", path, None, None, token)
+        async def call() -> Any:
+            await self._verify_server()
+            assert self.context is not None
+            return await self._send(self.context, method, path, body, timeout, token, limit)
+
+        return await self._within_deadline(call)
+
+    async def _get(self, context: ssl.SSLContext, path: str, token: bool, limit: int) -> Any:
+        return await self._send(context, "GET", path, None, None, token, limit)
 
     def _request(
         self, method: str, path: str, body: Any, token: bool
@@ -599,14 +684,18 @@ class AgentClient:
         body: Any,
         timeout: float | None,
         token: bool,
+        limit: int,
     ) -> Any:
         headers, payload = self._request(method, path, body, token)
+        limit = min(limit, self.pool.max_body)
+        name = body.get("name") if method == "POST" and isinstance(body, dict) else None
+        what = f"{name} results" if isinstance(name, str) else f"{method} {path}"
         key = (self.host, self.port, context)
         pool = self.pool
         loop = asyncio.get_running_loop()
 
         async def attempt() -> Any:
-            reader = ResponseReader(method, path, headers, payload, pool.max_body)
+            reader = ResponseReader(method, path, headers, payload, limit)
             async with asyncio.timeout(timeout or self.options.timeout):
                 connection = pool.take(key, loop.time()) if self.keep_alive else None
                 if connection is None:
@@ -620,29 +709,37 @@ class AgentClient:
                 connection.close()
             return self._decode(response.status, response.body, response.headers.get("retry-after"))
 
-        return await self._with_retries(attempt, idempotent=method == "GET")
+        return await self._with_retries(attempt, idempotent=method == "GET", what=what)
 
     # -- the API -------------------------------------------------------------------------
     async def status(self) -> Status:
         """The public status (sent without the token)."""
-        return Status.parse(await self.request("GET", "/v1/status", token=False))
+        return Status.parse(
+            await self.request("GET", "/v1/status", token=False, limit=STATUS_LIMIT)
+        )
 
     async def list_commands(self) -> list[CommandResult]:
-        data = await self.request("GET", "/v1/commands/")
+        data = await self.request("GET", "/v1/commands/", limit=HISTORY_LIMIT)
         commands = _require(data, dict, "command list").get("commands")
         return [CommandResult.parse(r) for r in _require(commands, list, "commands")]
 
-    async def get_command(self, result_id: str) -> CommandResult:
+    async def get_command(self, result_id: str, limit: int = RESULT_LIMIT) -> CommandResult:
         path = f"/v1/commands/{quote(result_id, safe='')}"
-        return CommandResult.parse(await self.request("GET", path))
+        return CommandResult.parse(await self.request("GET", path, limit=limit))
 
     async def run(
-        self, name: str, params: dict[str, Any] | None = None, check: bool = True
+        self,
+        name: str,
+        params: dict[str, Any] | None = None,
+        check: bool = True,
+        limit: int = RESULT_LIMIT,
     ) -> CommandResult:
         """POST a command; raises CommandFailed when it FAILED (unless ``check`` is off).
-        An async command comes back RUNNING: see ``wait``."""
+        Its answer may be at most ``limit`` bytes. An async command comes back RUNNING:
+        see ``wait``."""
+        command = {"name": name, "params": params or {}}
         result = CommandResult.parse(
-            await self.request("POST", "/v1/commands/", {"name": name, "params": params or {}})
+            await self.request("POST", "/v1/commands/", command, limit=limit)
         )
         if check and not result.running and result.status != SUCCEEDED:
             raise CommandFailed(result, self.address)
@@ -656,24 +753,29 @@ class AgentClient:
         on_poll: ProgressCallback | None = None,
         check: bool = True,
     ) -> CommandResult:
-        """Poll the result at a jittered interval until it is no longer RUNNING."""
+        """Poll the result at a jittered interval until it is no longer RUNNING; with a
+        ``deadline`` (s) Unreachable once it has passed, the poll under way included."""
         loop = asyncio.get_running_loop()
         end = None if deadline is None else loop.time() + deadline
-        while result.running:
-            if end is not None and loop.time() > end:
-                raise Unreachable(
-                    f"{result.command_name} still running after {deadline} s", self.address
-                )
-            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
-            result = await self.get_command(result.id)
-            if on_poll is not None:
-                on_poll(result)
+        name = result.command_name
+        try:
+            async with asyncio.timeout_at(end) as scope:
+                while result.running:
+                    await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+                    result = await self.get_command(result.id)
+                    if on_poll is not None:
+                        on_poll(result)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise Unreachable(f"{name} still running after {deadline:g} s", self.address) from None
         if check and result.status != SUCCEEDED:
             raise CommandFailed(result, self.address)
         return result
 
     async def get_hardware_info(self, refresh: bool = False) -> Inventory:
-        result = await self.run("poll.get_hardware_info", {"refresh": True} if refresh else {})
+        params = {"refresh": True} if refresh else {}
+        result = await self.run("poll.get_hardware_info", params, limit=INVENTORY_LIMIT)
         return Inventory(_require(result.command_result, dict, "inventory"))
 
     async def set_node_info(self, node_info: dict[str, Any]) -> dict[str, Any]:
@@ -728,12 +830,21 @@ class AgentClient:
 
     async def collect_system_logs(self) -> bytes:
         """The agent's log archive (tar.gz bytes)."""
-        result = await self.run("log.collect_system_logs")
+        result = await self.run("log.collect_system_logs", limit=LOGS_LIMIT)
         encoded = _require((result.command_result or {}).get("system_logs"), str, "system_logs")
         try:
             return base64.b64decode(encoded, validate=True)
         except ValueError:
             raise ProtocolError("system_logs is not base64", self.address) from None
+
+
+def deadline_message(seconds: float, call: _Call | None, label: str = "deadline") -> str:
+    """Why a call ended at its deadline: how long, how many attempts, the last error."""
+    parts = [label]
+    if call is not None and call.attempts:
+        parts.append(f"{call.attempts} attempt{'s' if call.attempts > 1 else ''}")
+        parts.append(f"last: {call.last_error}" if call.last_error else "none answered")
+    return f"no answer within {seconds:g} s ({'; '.join(parts)})"
 
 
 def describe(error: BaseException) -> str:

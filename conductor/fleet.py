@@ -767,9 +767,12 @@ class NodeRun:
         deadline = loop.time() + self.settings.wait_deadline
         while True:
             try:
-                return await self.wait_client.status()
+                async with asyncio.timeout_at(deadline):  # the request under way too
+                    return await self.wait_client.status()
             except Unreachable as exc:  # anything else (untrusted...) ends the node
                 last = exc.reason
+            except TimeoutError:
+                last = "the last status request was unanswered"
             if loop.time() >= deadline:
                 raise NodeFailed(
                     UNREACHABLE,

@@ -3,7 +3,8 @@
 HTTP is h11's (sans I/O): it frames requests and responses and refuses most malformed
 ones. What h11 leaves to its user is checked here (``ResponseReader``): both
 Content-Length and Transfer-Encoding, how many header fields, ASCII-only numbers, the
-body size as it arrives, and ``Connection: close`` in any Connection header.
+body size as it arrives (each call has its own limit), how many 1xx answers, and
+``Connection: close`` in any Connection header.
 
 TLS is done by ``Connection`` itself with ``ssl.MemoryBIO`` over a plain TCP transport,
 not by asyncio's SSL transport: the connection then holds no 256 KiB read buffer (a
@@ -35,7 +36,8 @@ from .tls import ResumingContext, conductor_context
 
 MAX_HEAD = 64 * 1024  # status line and header fields
 MAX_HEADERS = 100  # header fields in one response
-MAX_BODY = 1024 * 1024 * 1024  # the largest answer is the log archive (base64)
+MAX_BODY = 64 * 1024 * 1024  # the ceiling for any answer; each call has its own limit
+MAX_INFORMATIONAL = 10  # 1xx answers before the real one
 READ_SIZE = 64 * 1024  # bytes taken from the socket, and plaintext from TLS, per read
 MAX_MESSAGE = 200  # characters of the agent's bytes shown in an error message
 
@@ -56,6 +58,14 @@ class BadHttp(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(one_line(message))
+
+
+class TooLarge(BadHttp):
+    """The answer is larger than the limit of its call: refused as the bytes arrive."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"response body larger than {limit} bytes")
+        self.limit = limit
 
 
 class Dropped(Exception):
@@ -123,6 +133,7 @@ class ResponseReader:
         self.headers: dict[str, str] = {}
         self.keep_alive = True
         self.body = bytearray()
+        self.informational = 0
         self.response: Response | None = None
 
     def feed(self, data: bytes) -> Response | None:
@@ -169,9 +180,9 @@ class ResponseReader:
             if isinstance(event, h11.Response):
                 self._head(event)
             elif isinstance(event, h11.Data):
+                if len(self.body) + len(event.data) > self.max_body:
+                    raise TooLarge(self.max_body)  # before keeping what is past the limit
                 self.body += event.data
-                if len(self.body) > self.max_body:
-                    raise BadHttp(f"response body larger than {self.max_body} bytes")
             elif isinstance(event, h11.EndOfMessage):
                 if self._h11.trailing_data[0]:
                     raise BadHttp("data after the end of the response")
@@ -182,7 +193,10 @@ class ResponseReader:
                 return self.response
             elif isinstance(event, h11.ConnectionClosed):
                 return None
-            # h11.InformationalResponse (1xx): the real answer follows
+            elif isinstance(event, h11.InformationalResponse):  # the real answer follows
+                self.informational += 1
+                if self.informational > MAX_INFORMATIONAL:
+                    raise BadHttp(f"more than {MAX_INFORMATIONAL} informational (1xx) answers")
 
     def _head(self, event: h11.Response) -> None:
         if len(event.headers) > MAX_HEADERS:
@@ -201,7 +215,7 @@ class ResponseReader:
             if not (length.isascii() and length.isdigit()):  # h11 checks this too
                 raise BadHttp(f"bad Content-Length {length!r}")
             if int(length) > self.max_body:
-                raise BadHttp(f"response body larger than {self.max_body} bytes")
+                raise TooLarge(self.max_body)
         encoding = headers.get("content-encoding", "identity")
         if encoding.lower() != "identity":  # we never send Accept-Encoding
             raise BadHttp(f"unrequested Content-Encoding {encoding!r}")
