@@ -25,7 +25,7 @@ import pytest
 
 from conductor import pki
 from tests.agent.test_active import LOOKUP_TOKEN, NODE_UUID, FakeIronic
-from wire.tls import client_context
+from wire.tls import TLS12_CIPHERS, TLS13_CIPHERS, client_context
 
 from .conftest import NODE
 from .harness import (
@@ -304,6 +304,61 @@ async def test_connection_storm_in_the_guest(passive: Passive):
     report("storm in the guest: agent log lines", str(lines_after - lines_before))
     assert rss_after - rss_before < 20 * 1024, (rss_before, rss_after)
     assert lines_after - lines_before < 100, (lines_before, lines_after)
+
+
+# --- the TLS policy as a scanner sees it, in the guest --------------------------------
+
+
+def every_tls12_suite() -> list[str]:
+    """Every suite this OpenSSL can offer below TLS 1.3, weak ones included."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.set_ciphers("ALL:COMPLEMENTOFALL:@SECLEVEL=0")
+    return sorted({c["name"] for c in context.get_ciphers() if c["protocol"] != "TLSv1.3"})
+
+
+async def guest_accepts(port: int, pki_dir: Path, suite: str | None) -> str | None:
+    """The suite negotiated with the agent in the guest when the client offers only
+    ``suite`` over TLS 1.2 (None: TLS 1.3 with its defaults); None if refused. The
+    client presents the conductor's certificate, so a refusal is the suite's alone."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=pki_dir / "ca" / "ca.pem")
+    clients = pki_dir / "ca" / "clients"
+    context.load_cert_chain(clients / "conductor.pem", clients / "conductor-key.pem")
+    if suite is None:
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+    else:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.set_ciphers(f"{suite}:@SECLEVEL=0")
+        except ssl.SSLError:
+            return None  # this OpenSSL cannot offer it at all
+    try:
+        _reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname=NODE), 30
+        )
+    except (ssl.SSLError, ConnectionError):
+        return None
+    cipher = writer.get_extra_info("cipher")
+    writer.close()
+    return str(cipher[0])
+
+
+async def test_tls_scan_of_the_agent_in_the_guest(passive: Passive, pki_dir: Path):
+    """The ramdisk's Python and OpenSSL accept exactly the documented TLS 1.2 suites for
+    its EC certificate (docs/protocol.md#tls), and TLS 1.3 with one of its AEAD suites."""
+    port = passive.client.port
+    accepted = set()
+    for suite in every_tls12_suite():
+        negotiated = await guest_accepts(port, pki_dir, suite)
+        if negotiated is not None:
+            assert negotiated == suite
+            accepted.add(negotiated)
+    expected = {name for name in TLS12_CIPHERS if name.startswith("ECDHE-ECDSA-")}
+    report("TLS scan in the guest: TLS 1.2 suites accepted", ", ".join(sorted(accepted)))
+    assert accepted == expected
+    assert await guest_accepts(port, pki_dir, None) in TLS13_CIPHERS
+    status, body = await passive.client.get_json("/v1/status")  # still serving
+    assert status == 200, body
 
 
 async def test_passive_provisioning(passive: Passive, tmp_path: Path):
