@@ -16,15 +16,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Files whose scrub is still pending elsewhere; emptied once it has landed.
 SKIPPED_DIRECTORIES = ("tests/fixtures/",)  # recorded machines, byte for byte
 THIS_FILE = "tests/test_repo_hygiene.py"  # it spells the patterns out
 
+# Spelled in pieces so that this file does not carry what it looks for.
+HOST_ROOT = "/" + "work" + "/"
+
 RULES: dict[str, re.Pattern[str]] = {
     "the old protocol file": re.compile(r"PROTOCOL\.md"),
-    "an absolute host path": re.compile(r"(?<![\w.~-])/work/"),
+    "an absolute host path": re.compile(r"(?<![\w.~-])" + re.escape(HOST_ROOT)),
     "a lock file for flock": re.compile(r"\bflock\b[^\n]*\.lock\b"),
-    # "issue 6", "issue #12"; not "the CA issues 2 certificates" or "issue 2 certificates"
+    # the noun with a number (with or without "#"), not the verb followed by a count
     "an issue number": re.compile(r"\bissues?\s+#\d+|\bissue\s+\d+\b(?!\s+[a-z])", re.IGNORECASE),
     "talk of rounds of work": re.compile(
         r"\b(?:this|previous|earlier|last|next)\s+round\b|\brounds? of work\b", re.IGNORECASE
@@ -118,10 +120,10 @@ def test_planted_lines_are_found(line):
         "rate_bytes_per_second = round(rate, 1)",
         "tacet pki issue-client DIR conductor",
         "the CA issues 2 certificates",
-        "we issue 2 certificates per node",
+        "we " + "issue" + " 2 certificates per node",
         "see docs/protocol.md, Routes",
-        "https://example.org/work/readme",
-        "installed under ~/work/tacet or ./work/tacet",
+        "https://example.org" + HOST_ROOT + "readme",
+        "installed under ~" + HOST_ROOT + "tacet or ." + HOST_ROOT + "tacet",
         "self.lock = asyncio.Lock()",
     ],
 )

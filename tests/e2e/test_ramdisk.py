@@ -25,7 +25,8 @@ import pytest
 
 from conductor import pki
 from tests.agent.test_active import LOOKUP_TOKEN, NODE_UUID, FakeIronic
-from wire.tls import TLS12_CIPHERS, TLS13_CIPHERS, client_context
+from tests.test_tls_policy import ECDSA_SUITES, every_tls12_suite
+from wire.tls import TLS13_CIPHERS, client_context
 
 from .conftest import NODE
 from .harness import (
@@ -222,18 +223,25 @@ def await_status(passive: Passive) -> tuple[int, Any, bytes]:
 # --- a connection storm against the agent in the guest, with the ramdisk's own limits --
 
 
-async def agent_facts(client: AgentClient) -> tuple[int, int]:
-    """(the agent's RSS in KiB, its journal lines so far), from the log bundle."""
+async def log_bundle(client: AgentClient, *names: str) -> dict[str, str]:
+    """The named files of the agent's log bundle (log.collect_system_logs)."""
     status, result = await client.command("log.collect_system_logs")
     if status == 200 and result["command_status"] == "RUNNING":
         result = await client.wait_command(result["id"], 120)
     assert status == 200 and result["command_status"] == "SUCCEEDED", result
     archive = base64.b64decode(result["command_result"]["system_logs"])
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        texts = {
-            name: (tar.extractfile(name) or io.BytesIO()).read().decode(errors="replace")
-            for name in ("ps.txt", "journal.txt")
-        }
+        texts = {}
+        for name in names:
+            member = tar.extractfile(name)
+            assert member is not None, name
+            texts[name] = member.read().decode(errors="replace")
+    return texts
+
+
+async def agent_facts(client: AgentClient) -> tuple[int, int]:
+    """(the agent's RSS in KiB, its journal lines so far), from the log bundle."""
+    texts = await log_bundle(client, "ps.txt", "journal.txt")
     rss = [
         int(line.split()[4])
         for line in texts["ps.txt"].splitlines()[1:]
@@ -309,13 +317,6 @@ async def test_connection_storm_in_the_guest(passive: Passive):
 # --- the TLS policy as a scanner sees it, in the guest --------------------------------
 
 
-def every_tls12_suite() -> list[str]:
-    """Every suite this OpenSSL can offer below TLS 1.3, weak ones included."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.set_ciphers("ALL:COMPLEMENTOFALL:@SECLEVEL=0")
-    return sorted({c["name"] for c in context.get_ciphers() if c["protocol"] != "TLSv1.3"})
-
-
 async def guest_accepts(port: int, pki_dir: Path, suite: str | None) -> str | None:
     """The suite negotiated with the agent in the guest when the client offers only
     ``suite`` over TLS 1.2 (None: TLS 1.3 with its defaults); None if refused. The
@@ -353,9 +354,8 @@ async def test_tls_scan_of_the_agent_in_the_guest(passive: Passive, pki_dir: Pat
         if negotiated is not None:
             assert negotiated == suite
             accepted.add(negotiated)
-    expected = {name for name in TLS12_CIPHERS if name.startswith("ECDHE-ECDSA-")}
     report("TLS scan in the guest: TLS 1.2 suites accepted", ", ".join(sorted(accepted)))
-    assert accepted == expected
+    assert accepted == ECDSA_SUITES
     assert await guest_accepts(port, pki_dir, None) in TLS13_CIPHERS
     status, body = await passive.client.get_json("/v1/status")  # still serving
     assert status == 200, body
@@ -386,15 +386,7 @@ async def test_passive_provisioning(passive: Passive, tmp_path: Path):
     assert status == 200 and result["command_status"] == "SUCCEEDED", result
     # The operator's log bundle: iproute2 runs (its wrapper gives it the libbpf that the
     # image keeps out of systemd's way) and shows the VM's NIC.
-    status, result = await client.command("log.collect_system_logs")
-    if status == 200 and result["command_status"] == "RUNNING":
-        result = await client.wait_command(result["id"], 120)
-    assert status == 200 and result["command_status"] == "SUCCEEDED", result
-    archive = base64.b64decode(result["command_result"]["system_logs"])
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        member = tar.extractfile("ip-addr.txt")
-        assert member is not None
-        ip_addr = member.read().decode()
+    ip_addr = (await log_bundle(client, "ip-addr.txt"))["ip-addr.txt"]
     assert VIRTIO.mac.lower() in ip_addr and "--- stderr ---" not in ip_addr, ip_addr
     # Write the image, downloaded from the host through guestfwd.
     image_info = {
