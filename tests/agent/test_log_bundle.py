@@ -75,3 +75,26 @@ def test_the_bundle_carries_ps_txt_without_running_ps(monkeypatch):
     assert "not installed" not in text
     line = next(line for line in text.splitlines() if line.split()[1] == str(os.getpid()))
     assert " ".join(psutil.Process().cmdline()) in line
+
+
+def test_a_command_with_newlines_stays_on_one_line_of_the_table():
+    """CI runners start shells whose script (an argument) spans lines; ps shows them as ``?``."""
+    row = ProcessRow("root", 7, 0.0, 0.0, 1, "S", time.time(), "bash -c set -e\n\tmake\x1b[0m")
+    lines = format_process_table([row]).splitlines()
+    assert len(lines) == 2
+    assert lines[1].endswith("bash -c set -e??make?[0m")
+
+
+def test_every_line_of_the_bundled_table_is_one_process():
+    child = subprocess.Popen([sys.executable, "-c", "import time\ntime.sleep(30)", "two\nlines"])
+    try:
+        data = log.collect_archive({})
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+            text = archive.extractfile("ps.txt").read().decode()
+        rows = text.splitlines()[1:]
+        assert all(len(line.split()) >= 8 and line.split()[1].isdigit() for line in rows)
+        line = next(line for line in rows if line.split()[1] == str(child.pid))
+        assert line.endswith("import time?time.sleep(30) two?lines")
+    finally:
+        child.kill()
+        child.wait()
