@@ -53,6 +53,13 @@ class Config:
     header_timeout: float = 10.0  # for a complete request head (slowloris)
     idle_timeout: float = 75.0  # keep-alive; the conductor's pool gives up idle ones at 60 s
     allow_loop_devices: bool = False  # attached loop devices as disks: trying Tacet out
+    # ironic inspection (agent/inspection.py) and LLDP, under IPA's names and defaults
+    inspection_urls: tuple[str, ...] = ()
+    inspection_collectors: tuple[str, ...] = ("default", "logs")
+    inspection_dhcp_all_interfaces: bool = False
+    inspection_dhcp_wait_timeout: float = 60.0
+    collect_lldp: bool = False
+    lldp_timeout: float = 30.0
     cmdline: str = field(default="", repr=False)  # may carry ipa-agent-token
     config_dir: Path = DEFAULT_CONFIG_DIR
     state_dir: Path = DEFAULT_STATE_DIR
@@ -60,8 +67,26 @@ class Config:
 
     @property
     def mode(self) -> str:
-        """``active`` (lookup + heartbeat) only when an ironic API URL is configured."""
-        return "active" if self.api_urls else "passive"
+        """``active`` (lookup + heartbeat) when an ironic API URL is configured, else
+        ``inspection`` (one inventory post) with a callback URL; ``passive`` (never
+        connects out) with neither."""
+        return "active" if self.api_urls else "inspection" if self.inspection_urls else "passive"
+
+    @property
+    def inspection_targets(self) -> tuple[str, ...]:
+        """Where inspection data goes: the callback URL(s), else (as IPA) the API's
+        continue_inspection when collectors were set explicitly; none means no inspection."""
+        if self.inspection_urls:
+            return self.inspection_urls
+        if self.api_urls and self.origins.get("inspection_collectors", "default") != "default":
+            return tuple(f"{url}/v1/continue_inspection" for url in self.api_urls)
+        return ()
+
+    @property
+    def lldp_capture(self) -> bool:
+        """LLDP is captured into the inventory: asked for, or wanted by inspection."""
+        wanted = bool(self.inspection_targets) and "lldp" in self.inspection_collectors
+        return self.collect_lldp or wanted
 
 
 # -- value parsers: text -> value, raising ValueError with a reason ----------------------
@@ -83,6 +108,13 @@ def _positive_float(text: str) -> float:
     number = float(text)
     if not number > 0:
         raise ValueError("must be a positive number")
+    return number
+
+
+def _seconds(text: str) -> float:
+    number = float(text)
+    if not number >= 0:
+        raise ValueError("must be a number of seconds, 0 or more")
     return number
 
 
@@ -196,6 +228,18 @@ SETTINGS: dict[str, Setting] = {
     "header-timeout": Setting("header_timeout", _positive_float),
     "idle-timeout": Setting("idle_timeout", _positive_float),
     "allow-loop-devices": Setting("allow_loop_devices", _bool),
+    "inspection-callback-url": Setting("inspection_urls", _urls, "ipa-inspection-callback-url"),
+    "inspection-collectors": Setting(
+        "inspection_collectors", _patterns, "ipa-inspection-collectors"
+    ),
+    "inspection-dhcp-all-interfaces": Setting(
+        "inspection_dhcp_all_interfaces", _bool, "ipa-inspection-dhcp-all-interfaces"
+    ),
+    "inspection-dhcp-wait-timeout": Setting(
+        "inspection_dhcp_wait_timeout", _seconds, "ipa-inspection-dhcp-wait-timeout"
+    ),
+    "collect-lldp": Setting("collect_lldp", _bool, "ipa-collect-lldp"),
+    "lldp-timeout": Setting("lldp_timeout", _positive_float, "ipa-lldp-timeout"),
 }
 IRONIC_NAMES = {s.ironic_name: name for name, s in SETTINGS.items() if s.ironic_name}
 TACET_PREFIX = "tacet."

@@ -44,7 +44,11 @@ def live_inventory(config: Config) -> Callable[[], dict[str, Any]]:
         from hardware import collect_inventory, live_sources
 
         sources = live_sources(cmdline=config.cmdline)
-        inventory = collect_inventory(sources, allow_loop_devices=config.allow_loop_devices)
+        inventory = collect_inventory(
+            sources,
+            lldp_timeout=config.lldp_timeout if config.lldp_capture else None,
+            allow_loop_devices=config.allow_loop_devices,
+        )
         return inventory.to_dict()
 
     return collect
@@ -146,12 +150,20 @@ def certificate_addresses(config: Config) -> set[Any]:
 
 
 def banner(agent: Agent, sock: socket.socket) -> str:
+    """One console line: where the agent listens, its mode and certificate, and every
+    URL it will connect to by itself (none in passive mode)."""
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    return (
+    config = agent.config
+    line = (
         f"tacet-agent {__version__}: listening on https://{shown}:{port} "
-        f"mode={agent.config.mode} certificate-sha256={agent.identity.fingerprint}"
+        f"mode={config.mode} certificate-sha256={agent.identity.fingerprint}"
     )
+    if config.inspection_targets:
+        line += f" inspection={','.join(config.inspection_targets)}"
+    if config.api_urls:
+        line += f" lookup={','.join(config.api_urls)}"
+    return line
 
 
 class AgentServer:
@@ -189,9 +201,9 @@ class AgentServer:
         config = self.config
         config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(config.state_dir, 0o700)
-        if self.network_wait > 0 and (config.cert_file is None or config.mode == "active"):
+        if self.network_wait > 0 and (config.cert_file is None or config.mode != "passive"):
             # A configured certificate needs no address: listen at once. A generated one
-            # carries the addresses, and a lookup needs the network.
+            # carries the addresses, and a lookup or an inspection post needs the network.
             LOG.info("waiting up to %gs for a routable address", self.network_wait)
             if not await wait_for_network(self.network_wait):
                 LOG.warning(
@@ -244,10 +256,10 @@ class AgentServer:
         # The first inventory is collected after the listener is up and has had a moment
         # to answer the conductor's first probes, never before it.
         self.warmup = asyncio.create_task(self._warm_up(agent))
-        if config.mode == "active":
-            from .ironic import IronicClient
+        if config.mode != "passive":
+            from .ironic import call_home
 
-            self.ironic = asyncio.create_task(IronicClient(agent, self.port).run())
+            self.ironic = asyncio.create_task(call_home(agent, self.port))
         return agent
 
     async def _warm_up(self, agent: Agent) -> None:
@@ -313,10 +325,13 @@ async def serve(
         waiters.append(server.ironic)
     try:
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        if server.ironic is not None and server.ironic.done() and not server.ironic.cancelled():
-            # Like IPA: a failed lookup ends the process and systemd starts it again.
-            failure = server.ironic.exception()
-            raise SystemExit(f"tacet-agent: active mode failed: {failure}")
+        ironic = server.ironic
+        if ironic is not None and ironic.done() and not ironic.cancelled():
+            failure = ironic.exception()
+            if failure is not None:
+                # Like IPA: a failed lookup ends the process and systemd starts it again.
+                raise SystemExit(f"tacet-agent: active mode failed: {failure}")
+            await waiters[0]  # inspection only: done calling home, keep serving
     finally:
         waiters[0].cancel()
         LOG.warning("tacet-agent stopping")

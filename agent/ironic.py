@@ -1,6 +1,7 @@
-"""Active mode only: look the node up in ironic's API, then heartbeat (docs/protocol.md).
+"""Calling ironic: inspection first when asked, then lookup and heartbeats (docs/ironic.md).
 
-Nothing in this module runs in passive mode (no ``ipa-api-url``).
+Nothing in this module runs in passive mode (neither ``ipa-api-url`` nor
+``ipa-inspection-callback-url``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import ipaddress
 import logging
 import random
 import socket
+import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,6 +22,7 @@ from wire.tls import client_context
 
 from . import __version__
 from .commands import CommandResult
+from .config import Config
 from .core import Agent
 
 LOG = logging.getLogger(__name__)
@@ -58,19 +61,37 @@ def callback_url(host: str, port: int) -> str:
     return f"https://[{host}]:{port}" if is_v6 else f"https://{host}:{port}"
 
 
+def api_context(config: Config) -> ssl.SSLContext:
+    """How the ironic API's certificate is checked, for lookup and inspection alike."""
+    if config.insecure:
+        LOG.warning("ipa-insecure is set: the ironic API's certificate is NOT verified")
+    return client_context(cafile=config.api_ca_file, insecure=config.insecure)
+
+
+async def call_home(agent: Agent, listen_port: int) -> None:
+    """As IPA: post the inspection data first (a failure is logged, not fatal), then,
+    with an API URL, look up (by the node UUID ironic answered, if any) and heartbeat."""
+    node_uuid = None
+    if agent.config.inspection_targets:
+        from .inspection import inspect
+
+        node_uuid = await inspect(agent)
+    if agent.config.api_urls:
+        await IronicClient(agent, listen_port, node_uuid).run()
+
+
 class IronicClient:
-    def __init__(self, agent: Agent, listen_port: int) -> None:
+    def __init__(self, agent: Agent, listen_port: int, node_uuid: str | None = None) -> None:
         self.agent = agent
         self.config = agent.config
         self.listen_port = listen_port
+        self.node_uuid = node_uuid  # from inspection: narrows the lookup, as IPA's does
         self.urls = list(self.config.api_urls)
         self.current = 0
         self.heartbeat_timeout = 300.0
         self.token: str | None = agent.state.get("active_token") or self.config.agent_token
         self.wake = asyncio.Event()
-        if self.config.insecure:
-            LOG.warning("ipa-insecure is set: the ironic API's certificate is NOT verified")
-        self.ssl = client_context(cafile=self.config.api_ca_file, insecure=self.config.insecure)
+        self.ssl = api_context(self.config)
         agent.async_done_callbacks.append(self._command_done)
 
     @property
@@ -98,9 +119,12 @@ class IronicClient:
         delay = self.config.lookup_interval
         while True:
             try:
+                params = {"addresses": ",".join(macs)}
+                if self.node_uuid:
+                    params["node_uuid"] = self.node_uuid
                 async with session.get(
                     f"{self.api}/v1/lookup",
-                    params={"addresses": ",".join(macs)},
+                    params=params,
                     headers=self.headers(LOOKUP_VERSION),
                 ) as response:
                     if response.status == 200:

@@ -84,17 +84,53 @@ def test_loading_does_not_create_the_state_dir(load, tmp_path: Path) -> None:
     assert not (tmp_path / "state").exists()
 
 
-def test_typical_ironic_cmdline_stays_passive_and_is_kept(load) -> None:
+def test_typical_cmdline_without_ironic_urls_stays_passive_and_is_kept(load) -> None:
     line = (
         "BOOT_IMAGE=/vmlinuz root=/dev/ram0 ro quiet console=ttyS0,115200n8 "
-        "BOOTIF=01-52-54-00-12-34-56 ipa-inspection-callback-url=http://x/ "
+        "BOOTIF=01-52-54-00-12-34-56 ipa-inspection-benchmarks=cpu "
         "ipa-unknown-thing=1 systemd.journald.forward_to_console=yes nofb\n"
     )
     config = load(line)
     assert config.mode == "passive"
+    assert config.inspection_targets == ()
     assert config.listen_port == 9999
     assert config.cmdline == line.strip()
     assert set(config.origins.values()) == {"default"}
+
+
+def test_ironic_inspection_cmdline_selects_inspection_mode(load) -> None:
+    """What ironic's agent inspect interface puts on the command line."""
+    config = load(
+        "BOOTIF=01-52-54-00-12-34-56 "
+        "ipa-inspection-callback-url=https://192.0.2.1:6385/v1/continue_inspection/"
+    )
+    assert config.mode == "inspection"
+    assert config.inspection_targets == ("https://192.0.2.1:6385/v1/continue_inspection",)
+    assert config.inspection_collectors == ("default", "logs")
+    assert not config.lldp_capture
+
+
+def test_api_url_alone_does_not_inspect_but_explicit_collectors_do(load) -> None:
+    """IPA's rule: with collectors set and no callback, post to the API's endpoint."""
+    assert load("ipa-api-url=http://192.0.2.1:6385").inspection_targets == ()
+    config = load("ipa-api-url=http://192.0.2.1:6385 ipa-inspection-collectors=default,lldp")
+    assert config.mode == "active"
+    assert config.inspection_targets == ("http://192.0.2.1:6385/v1/continue_inspection",)
+    assert config.lldp_capture  # the lldp collector needs the capture
+
+
+def test_lldp_capture_follows_collect_lldp(load) -> None:
+    assert not load("").lldp_capture
+    config = load("ipa-collect-lldp=1 ipa-lldp-timeout=5")
+    assert config.lldp_capture and config.lldp_timeout == 5.0
+    assert config.mode == "passive"  # listening for LLDP frames sends nothing
+    # the lldp collector without inspection captures nothing
+    assert not load("ipa-inspection-collectors=lldp").lldp_capture
+
+
+def test_inspection_callback_must_be_http_urls(load) -> None:
+    with pytest.raises(ConfigError, match="ipa-inspection-callback-url=mdns"):
+        load("ipa-inspection-callback-url=mdns")
 
 
 # -- TOML files --------------------------------------------------------------------------
@@ -190,7 +226,10 @@ def test_every_ipa_name(load) -> None:
         "ipa-api-url=http://192.0.2.1:6385 ipa-agent-token=tok ipa-global-request-id=req-1 "
         "ipa-listen-host=::1 ipa-listen-port=8443 ipa-advertise-host=192.0.2.5 "
         "ipa-advertise-port=443 ipa-insecure=1 ipa-lookup-timeout=30 ipa-lookup-interval=2.5 "
-        "ipa-tls-min-version=1.3 ipa-debug=true"
+        "ipa-tls-min-version=1.3 ipa-debug=true "
+        "ipa-inspection-callback-url=http://192.0.2.1:6385/v1/continue_inspection "
+        "ipa-inspection-collectors=default,lldp ipa-inspection-dhcp-all-interfaces "
+        "ipa-inspection-dhcp-wait-timeout=0 ipa-collect-lldp=1 ipa-lldp-timeout=2"
     )
     assert config.api_urls == ("http://192.0.2.1:6385",)
     assert config.agent_token == "tok"
@@ -204,6 +243,12 @@ def test_every_ipa_name(load) -> None:
     assert config.lookup_interval == 2.5
     assert config.tls_min_version == "1.3"
     assert config.debug is True
+    assert config.inspection_urls == ("http://192.0.2.1:6385/v1/continue_inspection",)
+    assert config.inspection_collectors == ("default", "lldp")
+    assert config.inspection_dhcp_all_interfaces is True
+    assert config.inspection_dhcp_wait_timeout == 0.0
+    assert config.collect_lldp is True
+    assert config.lldp_timeout == 2.0
     for name in IRONIC_NAMES.values():
         assert config.origins[SETTINGS[name].field] == KERNEL, name
 
@@ -222,6 +267,12 @@ def test_ironic_names_match_protocol_section_3() -> None:
         "ipa-lookup-interval",
         "ipa-tls-min-version",
         "ipa-debug",
+        "ipa-inspection-callback-url",
+        "ipa-inspection-collectors",
+        "ipa-inspection-dhcp-all-interfaces",
+        "ipa-inspection-dhcp-wait-timeout",
+        "ipa-collect-lldp",
+        "ipa-lldp-timeout",
     }
 
 
@@ -232,6 +283,9 @@ def test_every_setting_has_a_tacet_name(load, name: str) -> None:
         "insecure": "yes",
         "debug": "on",
         "allow-loop-devices": "1",
+        "inspection-callback-url": "http://x",
+        "inspection-dhcp-all-interfaces": "1",
+        "collect-lldp": "1",
         "tls-min-version": "1.3",
         "cert-file": "/c",
         "key-file": "/k",
