@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..commands import CommandError, Param
+from ..commands import Param
 
 if TYPE_CHECKING:
     from ..core import Agent
+
+LOG = logging.getLogger(__name__)
 
 
 def check_image_info(image_info: dict[str, Any]) -> None:
@@ -36,9 +39,11 @@ def register(agent: Agent) -> None:
         return await write_image(agent, image_info, configdrive)
 
     async def get_partition_uuids() -> dict[str, Any]:
+        # As IPA: {} before any image was written; ironic calls this after writing, and
+        # reads {} as "no partition UUIDs known" rather than failing the deploy.
         if agent.partition_uuids is None:
-            raise CommandError("no image has been written yet", code=409)
-        return agent.partition_uuids
+            LOG.warning("get_partition_uuids: no image has been written yet")
+        return agent.partition_uuids or {}
 
     agent.registry.add("standby", "sync", sync)
     agent.registry.add("standby", "get_partition_uuids", get_partition_uuids)

@@ -1,9 +1,11 @@
-"""Clean and deploy steps: only those the agent really implements.
+"""Clean, deploy and service steps: only those the agent really implements.
 
 Deploy: ``write_image`` (see ``deploy.py``), which is how ironic deploys a
 whole-disk image through ``deploy.execute_deploy_step``. Clean and deploy:
 ``erase_devices_metadata`` and ``erase_devices`` (``image/erase.py``) with the
 priorities ironic-python-agent gives them, so ironic's automated cleaning runs them.
+Service (``service.*``, ironic's servicing of a deployed node): ``write_image`` only,
+as in IPA, whose service steps leave out whatever erases disks.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ DEPLOY_STEPS = [
     _erase_step("erase_devices", 0),
 ]
 ERASE_STEPS = {"erase_devices_metadata", "erase_devices"}
+SERVICE_STEPS = [DEPLOY_STEPS[0]]  # write_image
 
 
 class VersionMismatch(CommandError):
@@ -90,25 +93,44 @@ def register(agent: Agent) -> None:
 
         return {"clean_result": await run_erase_step(agent, name), "clean_step": step}
 
+    async def run_step(
+        kind: str,
+        offered: list[dict[str, Any]],
+        step: dict[str, Any],
+        node: dict[str, Any] | None,
+        version: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """A deploy or service step from ``offered``: ``{"<kind>_result", "<kind>_step"}``."""
+        if version is not None and version != VERSIONS:
+            raise VersionMismatch(
+                f"{kind} steps were planned for {version}, this agent is {VERSIONS}"
+            )
+        name = step.get("step")
+        if step.get("interface", "deploy") != "deploy" or name not in {s["step"] for s in offered}:
+            raise InvalidCommandParamsError(f"unknown {kind} step {name!r}")
+        if name in ERASE_STEPS:
+            from .deploy import run_erase_step
+
+            return {f"{kind}_result": await run_erase_step(agent, name), f"{kind}_step": step}
+        return {f"{kind}_result": await write_image_step(step, node), f"{kind}_step": step}
+
     async def execute_deploy_step(
         step: dict[str, Any],
         node: dict[str, Any] | None = None,
         ports: list[Any] | None = None,
         deploy_version: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        if deploy_version is not None and deploy_version != VERSIONS:
-            raise VersionMismatch(
-                f"deploy steps were planned for {deploy_version}, this agent is {VERSIONS}"
-            )
-        name = step.get("step")
-        if step.get("interface", "deploy") != "deploy" or (
-            name != "write_image" and name not in ERASE_STEPS
-        ):
-            raise InvalidCommandParamsError(f"unknown deploy step {name!r}")
-        if name in ERASE_STEPS:
-            from .deploy import run_erase_step
+        return await run_step("deploy", DEPLOY_STEPS, step, node, deploy_version)
 
-            return {"deploy_result": await run_erase_step(agent, name), "deploy_step": step}
+    async def execute_service_step(
+        step: dict[str, Any],
+        node: dict[str, Any] | None = None,
+        ports: list[Any] | None = None,
+        service_version: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return await run_step("service", SERVICE_STEPS, step, node, service_version)
+
+    async def write_image_step(step: dict[str, Any], node: dict[str, Any] | None) -> Any:
         args = step.get("args") or {}
         image_info = args.get("image_info")
         if not isinstance(image_info, dict):
@@ -118,12 +140,13 @@ def register(agent: Agent) -> None:
             raise InvalidCommandParamsError("write_image args.configdrive must be a string")
         from .deploy import write_image
 
-        result = await write_image(agent, image_info, configdrive, node=node)
-        return {"deploy_result": {"result": result}, "deploy_step": step}
+        return {"result": await write_image(agent, image_info, configdrive, node=node)}
 
     params = {"node": Param((dict,)), "ports": Param((list,))}
     agent.registry.add("clean", "get_clean_steps", lister("clean", CLEAN_STEPS), params=params)
     agent.registry.add("deploy", "get_deploy_steps", lister("deploy", DEPLOY_STEPS), params=params)
+    service_lister = lister("service", SERVICE_STEPS)
+    agent.registry.add("service", "get_service_steps", service_lister, params=params)
     agent.registry.add(
         "clean",
         "execute_clean_step",
@@ -146,5 +169,17 @@ def register(agent: Agent) -> None:
             "node": Param((dict,)),
             "ports": Param((list,)),
             "deploy_version": Param((dict,)),
+        },
+    )
+    agent.registry.add(
+        "service",
+        "execute_service_step",
+        execute_service_step,
+        is_async=True,
+        params={
+            "step": Param((dict,), required=True, check=check_deploy_step),
+            "node": Param((dict,)),
+            "ports": Param((list,)),
+            "service_version": Param((dict,)),
         },
     )

@@ -225,6 +225,49 @@ async def test_steps_advertise_only_what_is_implemented(running):
     assert "execute_deploy_step" in running.agent.registry.commands["deploy"]
 
 
+async def test_service_steps_as_ironic_reads_them(running):
+    """ironic's servicing: service.get_service_steps, then service.execute_service_step."""
+    _, listed = await running.post(
+        {"name": "service.get_service_steps", "params": {"node": {}, "ports": []}}
+    )
+    result = listed["command_result"]
+    assert [s["step"] for s in result["service_steps"]["TacetHardwareManager"]] == ["write_image"]
+    assert all(
+        {"step", "priority", "interface"} <= set(s)
+        for s in result["service_steps"]["TacetHardwareManager"]
+    )
+    assert result["hardware_manager_version"] == {"TacetHardwareManager": "1.0"}
+    version = result["hardware_manager_version"]
+
+    async def service(step: dict, service_version: dict = version) -> dict:
+        params = {"step": step, "node": {}, "ports": [], "service_version": service_version}
+        _, done = await running.post(
+            {"name": "service.execute_service_step", "params": params}, wait=True
+        )
+        return done
+
+    erase = {"step": "erase_devices", "interface": "deploy", "priority": 0, "args": {}}
+    done = await service(erase)  # disks are never erased in servicing
+    assert done["command_status"] == "FAILED" and done["command_error"]["code"] == 400
+    assert "unknown service step 'erase_devices'" in done["command_error"]["message"]
+    image = {"urls": ["http://127.0.0.1:9/img"], "os_hash_algo": "sha256"}
+    image["os_hash_value"] = "0" * 64
+    write = {"step": "write_image", "interface": "deploy", "priority": 0}
+    done = await service({**write, "args": {"image_info": image}}, {"Other": "2"})
+    assert done["command_status"] == "CLEAN_VERSION_MISMATCH"
+    done = await service({**write, "args": {"image_info": image}})
+    # it reached write_image: the test machine has no disk to write to
+    assert done["command_status"] == "FAILED" and done["command_error"]["code"] == 409
+    assert "no disk of at least 4 GiB" in done["command_error"]["message"]
+    assert done["command_name"] == "execute_service_step"
+    # an image_info that cannot work is refused on the POST, as for deploy steps
+    bad = {**write, "args": {"image_info": {"urls": []}}}
+    code, refused = await running.post(
+        {"name": "service.execute_service_step", "params": {"step": bad}}
+    )
+    assert code == 400 and "urls" in refused["faultstring"]
+
+
 async def test_collect_system_logs_is_a_tar_gz(running):
     import base64
     import io

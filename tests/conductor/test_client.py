@@ -114,9 +114,12 @@ async def test_power_and_logs(ca_node, test_pki):
 
 async def test_write_image_prepare_image_and_partition_uuids(ca_node, test_pki, image_server):
     async with ca_client(ca_node, test_pki) as client:
-        with pytest.raises(CommandFailed) as failed:
-            await client.get_partition_uuids()  # nothing written yet
-        assert failed.value.command_error["code"] == 409
+        empty = await client.get_partition_uuids()  # nothing written yet: {} as in IPA
+        assert (empty.root_uuid, empty.efi_system_partition_uuid, empty.partitions) == (
+            None,
+            None,
+            {},
+        )
         seen = []
         result = await client.write_image(image_server.info())
         done = await client.wait(result, interval=0.05, on_poll=seen.append)
