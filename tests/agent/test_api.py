@@ -268,6 +268,38 @@ async def test_service_steps_as_ironic_reads_them(running):
     assert code == 400 and "urls" in refused["faultstring"]
 
 
+# Every command ironic's agent client sends (docs/ironic.md, "Commands ironic sends").
+IRONIC_HANDLED = [
+    "clean.get_clean_steps",
+    "clean.execute_clean_step",
+    "deploy.get_deploy_steps",
+    "deploy.execute_deploy_step",
+    "service.get_service_steps",
+    "service.execute_service_step",
+    "standby.get_partition_uuids",
+    "standby.sync",
+    "standby.power_off",
+    "standby.run_image",
+    "log.collect_system_logs",
+]
+IRONIC_REFUSED = ["rescue.finalize_rescue", "system.lockdown"]
+
+
+async def test_ironic_commands_are_served_or_refused_as_documented(running):
+    for name in IRONIC_HANDLED:
+        assert running.agent.registry.find(name).name == name.split(".")[1]
+    for name in IRONIC_REFUSED:
+        extension = name.split(".")[0]
+        code, fault = await running.post({"name": name, "params": {}})
+        assert (code, fault) == (
+            404,
+            {"faultcode": "Client", "faultstring": f"Extension {extension} not found"},
+        )
+    code, fault = await running.post({"name": "standby.cache_image", "params": {}})
+    assert code == 400
+    assert fault["faultstring"] == "Unknown command cache_image of extension standby"
+
+
 async def test_collect_system_logs_is_a_tar_gz(running):
     import base64
     import io
