@@ -160,6 +160,42 @@ def test_inspection_data_is_what_ironic_hooks_read():
     }
 
 
+# What ironic's continue_inspection accepts at least (its request validation, restated):
+# an inventory object whose interfaces are a non-empty array of objects with a string MAC.
+IRONIC_MINIMUM = {
+    "type": "object",
+    "required": ["inventory"],
+    "properties": {
+        "inventory": {
+            "type": "object",
+            "required": ["interfaces"],
+            "properties": {
+                "bmc_address": {"type": ["string", "null"]},
+                "bmc_v6address": {"type": ["string", "null"]},
+                "interfaces": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["mac_address"],
+                        "properties": {"mac_address": {"type": "string"}},
+                    },
+                },
+            },
+        }
+    },
+}
+
+
+def test_inspection_data_passes_ironic_request_validation():
+    import jsonschema
+
+    inventory = MachineInventory()()
+    with pytest.raises(jsonschema.ValidationError):  # the raw inventory has a null MAC
+        jsonschema.validate({"inventory": inventory}, IRONIC_MINIMUM)
+    jsonschema.validate(inspection_data(inventory, ("default", "logs")), IRONIC_MINIMUM)
+
+
 def test_lldp_collector_adds_lldp_raw_per_interface():
     machine = MachineInventory()
     machine.lldp = TLVS
