@@ -72,6 +72,21 @@ def build_agent(
     return agent
 
 
+async def call_home(agent: Agent, listen_port: int) -> None:
+    """As IPA: post the inspection data first (a failure is logged, not fatal), then,
+    with an API URL, look up (by the node UUID ironic answered, if any) and heartbeat.
+    Never started in passive mode."""
+    node_uuid = None
+    if agent.config.inspection_targets:
+        from .inspection import inspect
+
+        node_uuid = await inspect(agent)
+    if agent.config.api_urls:
+        from .ironic import IronicClient
+
+        await IronicClient(agent, listen_port, node_uuid).run()
+
+
 def notify_systemd(state: str, environ: dict[str, str] | None = None) -> bool:
     """Tell systemd (``Type=notify``) about ``state``, e.g. ``READY=1``; False outside it.
 
@@ -257,8 +272,6 @@ class AgentServer:
         # to answer the conductor's first probes, never before it.
         self.warmup = asyncio.create_task(self._warm_up(agent))
         if config.mode != "passive":
-            from .ironic import call_home
-
             self.ironic = asyncio.create_task(call_home(agent, self.port))
         return agent
 

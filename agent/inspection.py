@@ -3,10 +3,10 @@
 ironic's ``agent`` inspect interface boots the ramdisk with
 ``ipa-inspection-callback-url=<api>/v1/continue_inspection`` and waits in ``inspect wait``
 for one POST of ``{"inventory": ..., <plugin data>}``; its inspection hooks read the
-inventory and the plugin data (``root_disk``, ``boot_interface``, ``lldp_raw``, ``error``,
-``logs``). docs/ironic.md lists what is sent. This runs once at start, only when a
-callback URL (or, as in IPA, an API URL with explicit collectors) is configured: never
-in passive mode.
+inventory and the plugin data (``root_disk``, ``boot_interface``, ``lldp_raw``,
+``pci_devices``, ``error``, ``logs``). docs/ironic.md lists what is sent. This runs once
+at start, only when a callback URL (or, as in IPA, an API URL with explicit collectors)
+is configured: never in passive mode.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 
-SUPPORTED_COLLECTORS = ("default", "logs", "lldp")
+SUPPORTED_COLLECTORS = ("default", "logs", "lldp", "pci-devices")
+SYSFS = Path("/sys")
 DHCP_POLL = 2.0  # seconds between looks at the interfaces' addresses
 SHOWN_ANSWER = 300  # characters of an error answer kept in the log
 
@@ -80,6 +82,7 @@ def inspection_data(
     collectors: tuple[str, ...],
     allow_loop: bool = False,
     logs: str | None = None,
+    pci: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The body of the POST: the inventory plus the plugin data IPA's collectors add."""
     data: dict[str, Any] = {"inventory": inventory_for_ironic(inventory)}
@@ -93,6 +96,8 @@ def inspection_data(
     }
     if "lldp" in collectors:
         data["lldp_raw"] = lldp_raw(inventory)
+    if pci is not None:
+        data["pci_devices"] = pci
     if logs is not None:
         data["logs"] = logs
     unknown = unsupported_collectors(collectors)
@@ -154,6 +159,11 @@ async def collect(agent: Agent, addresses: Addresses = live_addresses) -> dict[s
     inventory = await agent.inventory.get()
     if _without_ipv4(inventory, await asyncio.get_running_loop().run_in_executor(None, addresses)):
         inventory = await agent.inventory.get(refresh=True)  # addresses came after it
+    pci = None
+    if "pci-devices" in config.inspection_collectors:
+        from hardware.pci import pci_devices
+
+        pci = await asyncio.get_running_loop().run_in_executor(None, pci_devices, SYSFS)
     logs = None
     if "logs" in config.inspection_collectors:
         from .extensions.log import collect_archive
@@ -163,7 +173,9 @@ async def collect(agent: Agent, addresses: Addresses = live_addresses) -> dict[s
             logs = base64.b64encode(archive).decode()
         except Exception as exc:  # IPA too sends its data without logs then
             LOG.warning("inspection: cannot collect the logs: %s", exc)
-    return inspection_data(inventory, config.inspection_collectors, config.allow_loop_devices, logs)
+    return inspection_data(
+        inventory, config.inspection_collectors, config.allow_loop_devices, logs, pci
+    )
 
 
 def _without_ipv4(inventory: dict[str, Any], found: dict[str, tuple[str, ...]]) -> bool:

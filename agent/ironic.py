@@ -68,18 +68,6 @@ def api_context(config: Config) -> ssl.SSLContext:
     return client_context(cafile=config.api_ca_file, insecure=config.insecure)
 
 
-async def call_home(agent: Agent, listen_port: int) -> None:
-    """As IPA: post the inspection data first (a failure is logged, not fatal), then,
-    with an API URL, look up (by the node UUID ironic answered, if any) and heartbeat."""
-    node_uuid = None
-    if agent.config.inspection_targets:
-        from .inspection import inspect
-
-        node_uuid = await inspect(agent)
-    if agent.config.api_urls:
-        await IronicClient(agent, listen_port, node_uuid).run()
-
-
 class IronicClient:
     def __init__(self, agent: Agent, listen_port: int, node_uuid: str | None = None) -> None:
         self.agent = agent

@@ -206,11 +206,41 @@ def test_lldp_collector_adds_lldp_raw_per_interface():
 
 
 def test_unsupported_collector_is_reported_as_the_ramdisk_error():
-    data = inspection_data(MachineInventory()(), ("default", "pci-devices", "extra-hardware"))
+    data = inspection_data(MachineInventory()(), ("default", "numa-topology", "extra-hardware"))
     assert data["error"] == (
-        "inspection collector(s) pci-devices, extra-hardware not supported by this agent "
-        "(supported: default, logs, lldp)"
+        "inspection collector(s) numa-topology, extra-hardware not supported by this agent "
+        "(supported: default, logs, lldp, pci-devices)"
     )
+
+
+async def test_pci_devices_collector_posts_pci_devices(
+    tmp_path, aiohttp_server, no_logs, monkeypatch
+):
+    sysfs = tmp_path / "sys"
+    device = sysfs / "bus/pci/devices/0000:00:03.0"
+    device.mkdir(parents=True)
+    for name, value in (("vendor", "0x1af4"), ("device", "0x1000"), ("class", "0x020000")):
+        (device / name).write_text(value + "\n")
+    monkeypatch.setattr(inspection, "SYSFS", sysfs)
+    fake = FakeIronic()
+    url = await serve(aiohttp_server, fake)
+    run = await run_inspection(tmp_path, url, inspection_collectors=("default", "pci-devices"))
+    try:
+        await asyncio.wait_for(run.server.ironic, 15)
+        posted = fake.posts[0]
+        assert posted["pci_devices"] == [
+            {
+                "vendor_id": "1af4",
+                "product_id": "1000",
+                "class": "020000",
+                "revision": None,
+                "bus": "0000:00:03.0",
+                "numa_node_id": None,
+            }
+        ]
+        assert posted["error"] is None and "logs" not in posted
+    finally:
+        await finish(run)
 
 
 def test_no_disk_big_enough_sends_no_root_disk():
