@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import re
 import signal
@@ -10,9 +11,11 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 import psutil
 
@@ -32,10 +35,10 @@ def free_port() -> int:
 
 
 class AgentProcess:
-    def __init__(self, tmp: Path, port: int) -> None:
+    def __init__(self, tmp: Path, port: int, extra: str = "") -> None:
         self.tmp, self.port = tmp, port
         (tmp / "cmdline").write_text(
-            f"BOOT_IMAGE=/vmlinuz ipa-listen-host=127.0.0.1 tacet.listen-port={port} quiet\n"
+            f"BOOT_IMAGE=/vmlinuz ipa-listen-host=127.0.0.1 tacet.listen-port={port} quiet{extra}\n"
         )
         (tmp / "etc").mkdir(exist_ok=True)
         self.process = subprocess.Popen(
@@ -156,6 +159,51 @@ def test_restart_keeps_identity_claim_and_node_info(tmp_path):
     assert oct(state.stat().st_mode & 0o777) == "0o700"
     assert oct((state / "agent-key.pem").stat().st_mode & 0o777) == "0o600"
     assert "claimed-token-xyz" not in (state / "state.json").read_text()  # stored as a hash
+
+
+class InspectionEndpoint(http.server.BaseHTTPRequestHandler):
+    """ironic's continue_inspection on loopback, answering as its base API version."""
+
+    posts: ClassVar[list[dict]] = []
+
+    def do_POST(self) -> None:  # the name http.server calls
+        length = int(self.headers["Content-Length"])
+        type(self).posts.append(json.loads(self.rfile.read(length)))
+        body = json.dumps({"uuid": NODE_INFO["node"]["uuid"]}).encode()
+        self.send_response(202)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_real_process_posts_this_machines_inventory(tmp_path):
+    """From the kernel parameter ironic sets to ironic's endpoint: the live inventory of
+    the test machine, JSON as ironic reads it, then the agent keeps serving."""
+    InspectionEndpoint.posts = []
+    ironic = http.server.ThreadingHTTPServer(("127.0.0.1", 0), InspectionEndpoint)
+    threading.Thread(target=ironic.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{ironic.server_port}/v1/continue_inspection"
+    port = free_port()
+    extra = f" ipa-inspection-callback-url={url} ipa-inspection-collectors=default"
+    agent = AgentProcess(tmp_path, port, extra)
+    try:
+        assert "mode=inspection" in agent.banner and agent.banner.strip().endswith(url)
+        line = agent.process.stdout.readline()
+        assert "inspection data accepted" in line and NODE_INFO["node"]["uuid"] in line
+        status, _ = agent.request("GET", "/v1/status")
+        assert status == 200
+    finally:
+        agent.stop()
+        ironic.shutdown()
+    (posted,) = InspectionEndpoint.posts
+    assert posted["configuration"]["collectors"] == ["default"]
+    assert posted["error"] is None and "logs" not in posted
+    assert posted["inventory"]["cpu"]["architecture"]
+    assert all(i["mac_address"] for i in posted["inventory"]["interfaces"])
 
 
 def test_invalid_configuration_stops_the_start(tmp_path):
