@@ -1,4 +1,5 @@
-"""Calling ironic: inspection first when asked, then lookup and heartbeats (docs/ironic.md).
+"""Active mode: look the node up in ironic's API, then heartbeat (docs/protocol.md); and the
+TLS context the inspection post (``inspection.py``) shares with them.
 
 Nothing in this module runs in passive mode (neither ``ipa-api-url`` nor
 ``ipa-inspection-callback-url``).
