@@ -8,7 +8,6 @@ import base64
 import ipaddress
 import socket
 import ssl
-import sys
 
 import pytest
 from aiohttp import web
@@ -418,23 +417,23 @@ async def test_insecure_skips_verification_with_a_warning(
 
 
 # -- passive mode: not one outbound connection --------------------------------------------
-CONNECTS: list | None = None
-
-
-def _audit(event: str, args: tuple) -> None:
-    if CONNECTS is not None and event == "socket.connect":
-        CONNECTS.append(args[1])
-
-
-sys.addaudithook(_audit)
-
-
 @pytest.fixture
-def connects():
-    global CONNECTS
-    CONNECTS = []
-    yield CONNECTS
-    CONNECTS = None
+def connects(monkeypatch):
+    """Every address a socket of this process connects to while the test runs.
+
+    Scoped to the test (a patched ``socket.socket.connect``), unlike an audit hook,
+    which could never be removed and would slow every later test.
+    """
+    seen: list = []
+    for name in ("connect", "connect_ex"):
+        original = getattr(socket.socket, name)
+
+        def watched(self, address, _original=original):
+            seen.append(address)
+            return _original(self, address)
+
+        monkeypatch.setattr(socket.socket, name, watched)
+    return seen
 
 
 async def exercise(run) -> None:
