@@ -3,7 +3,8 @@
 The agent in the PXE-booted ramdisk writes a small whole-disk image (tests/e2e/
 disk_images.py: a kernel and an initramfs that prints a marker line and powers off),
 and for UEFI creates the firmware's boot entry; then the VM starts again with the same
-disk (and NVRAM) but no NIC and no network boot, and must print the marker. Figures:
+disk (and NVRAM) and no way to boot from the network (its NIC without an option ROM,
+no boot file from DHCP), and must print the marker. Figures:
 firmware start to the agent's first answer, the deployment, disk boot to the marker.
 """
 
@@ -100,8 +101,8 @@ async def power_off(vm: VM, client: AgentClient) -> None:
 
 
 async def disk_boot(vm: VM, image: BootImage) -> DiskBoot:
-    """The VM from its disk alone; the marker must be on the console and QEMU must exit
-    cleanly (the image powers off)."""
+    """The VM from its disk (``boot_from_disk``); the marker must be on the console and
+    QEMU must exit cleanly (the image powers off)."""
     result = await asyncio.get_running_loop().run_in_executor(
         None, boot_from_disk, vm, image.marker
     )
