@@ -30,6 +30,7 @@ PARTITION_START = MIB
 # The UEFI loader's place on the ESP: a vendor directory, as an installed OS has it.
 UEFI_VENDOR = "tacet-marker"
 UEFI_LOADER = f"EFI/{UEFI_VENDOR}/marker.efi"
+UEFI_LOADER_PATH = "\\" + UEFI_LOADER.replace("/", "\\")  # as a UEFI device path names it
 KERNEL_ARGS = "console=ttyS0,115200 panic=1"
 TOOLS = {
     "mkfs.vfat": "dosfstools",

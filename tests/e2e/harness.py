@@ -768,7 +768,30 @@ class UefiVM(VM):
                 raise HarnessError(f"{path} does not exist: run tools/setup-e2e (Debian ovmf)")
         if not self.nvram.exists():
             shutil.copyfile(OVMF_VARS, self.nvram)
-        return [*super().command(), *ovmf_drives(self.nvram)]
+        command = at_pci_slot(super().command(), self.shape.nic, UEFI_NIC_SLOT)
+        command = at_pci_slot(command, disk_controller(self.shape), UEFI_DISK_SLOT)
+        return [*command, *ovmf_drives(self.nvram)]
+
+
+# A UEFI guest's NIC and disk controller sit at fixed PCI slots, so that its disk keeps
+# its address (and the firmware's device paths to it stay valid) when the VM is started
+# again without the NIC.
+UEFI_NIC_SLOT = 0x3
+UEFI_DISK_SLOT = 0x4
+
+
+def disk_controller(shape: Shape) -> str:
+    return {"virtio": "virtio-blk-pci", "ahci": "ahci", "nvme": "nvme"}[shape.disk]
+
+
+def at_pci_slot(command: list[str], driver: str, slot: int) -> list[str]:
+    """``command`` with the first ``-device driver,...`` placed at ``slot`` of bus 0."""
+    out = list(command)
+    for i in range(1, len(out)):
+        if out[i - 1] == "-device" and out[i].split(",")[0] == driver:
+            out[i] = f"{out[i]},addr={slot:#x}"
+            return out
+    raise HarnessError(f"no -device {driver} in the QEMU command")
 
 
 def ovmf_drives(nvram: Path) -> list[str]:
@@ -793,8 +816,8 @@ class DiskBoot:
 
 
 def boot_from_disk(vm: VM, marker: str, timeout: float = 180) -> DiskBoot:
-    """Start ``vm``'s machine again from its disk: no network boot (no iPXE, no boot
-    file from DHCP, no ``-boot n``), the same disk and, for a UEFI guest, the same NVRAM.
+    """Start ``vm``'s machine again from its disk: no NIC (so no network boot), the same
+    disk (for a UEFI guest at the same PCI slot) and, for a UEFI guest, the same NVRAM.
     Waits until QEMU exits (the marker image powers off) and notes when ``marker``
     appeared as a console line."""
     s = vm.shape
@@ -814,22 +837,19 @@ def boot_from_disk(vm: VM, marker: str, timeout: float = 180) -> DiskBoot:
         "-display",
         "none",
         "-no-reboot",
+        "-net",
+        "none",
         "-serial",
         f"file:{console}",
-        # The same NIC (the PCI addresses, and with them the firmware's device paths,
-        # stay as they were), without its option ROM and with no boot file offered.
-        "-netdev",
-        "user,id=n0,restrict=on",
-        "-device",
-        f"{s.nic},netdev=n0,mac={s.mac},romfile=",
         "-smbios",
         f"type=1,manufacturer=Tacet Labs,product=E2E {s.name},serial={s.system_serial},"
         f"uuid={s.uuid}",
-        *s.device_args(vm.disk),
     ]
     if isinstance(vm, UefiVM):
+        command += at_pci_slot(s.device_args(vm.disk), disk_controller(s), UEFI_DISK_SLOT)
         command += ovmf_drives(vm.nvram)
     else:
+        command += s.device_args(vm.disk)
         sercon = vm.workdir / "sercon-port"
         sercon.write_bytes(struct.pack("<H", 0x3F8))  # SeaBIOS: mirror text output to COM1
         command += ["-fw_cfg", f"name=etc/sercon-port,file={sercon}"]

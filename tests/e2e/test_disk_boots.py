@@ -3,17 +3,20 @@
 The agent in the PXE-booted ramdisk writes a small whole-disk image (tests/e2e/
 disk_images.py: a kernel and an initramfs that prints a marker line and powers off),
 and for UEFI creates the firmware's boot entry; then the VM starts again with the same
-disk (and NVRAM) and no way to boot from the network (its NIC without an option ROM,
-no boot file from DHCP), and must print the marker. Figures:
+disk (and NVRAM) and no NIC, so no network boot, and must print the marker. Figures:
 firmware start to the agent's first answer, the deployment, disk boot to the marker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import shutil
 import struct
+import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ import pytest
 from conductor import pki
 
 from .conftest import NODE
-from .disk_images import UEFI_LOADER, BootImage, bios_image, uefi_image
+from .disk_images import UEFI_LOADER_PATH, BootImage, bios_image, uefi_image
 from .harness import (
     IMAGE_HOST,
     OVMF_VARS,
@@ -38,7 +41,15 @@ from .harness import (
     report,
 )
 from .test_ramdisk import boot, mtls_context
-from .uefi_vars import GLOBAL_VARIABLE, VARIABLE_HEADER, BootEntries, VarStoreError, boot_entries
+from .uefi_vars import (
+    GLOBAL_VARIABLE,
+    VARIABLE_HEADER,
+    BootEntries,
+    VarStoreError,
+    boot_entries,
+    hard_drive_file_path,
+    with_boot_entry,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -112,7 +123,7 @@ async def disk_boot(vm: VM, image: BootImage) -> DiskBoot:
         f"{vm.shape.name}: disk boot (QEMU start) -> marker", f"{result.seconds_to_marker:.1f} s"
     )
     assert result.exit_code == 0, tail
-    assert "iPXE" not in result.console  # no network boot firmware ran
+    assert "iPXE" not in result.console and "PXE" not in result.console  # no network boot
     return result
 
 
@@ -183,8 +194,7 @@ async def test_uefi_disk_boots(
             vm.stop()
     after = boot_entries(vm.nvram.read_bytes())
     added = [option for number, option in after.options.items() if number not in firmware.options]
-    loader = "\\" + UEFI_LOADER.replace("/", "\\")
-    assert [(o.file_path or "").lower() for o in added] == [loader.lower()], added
+    assert [(o.file_path or "").lower() for o in added] == [UEFI_LOADER_PATH.lower()], added
     entry = added[0]
     assert after.order[0] == entry.number, after.order
     # OVMF's own entries are untouched and still in the boot order.
@@ -194,6 +204,39 @@ async def test_uefi_disk_boots(
     # The firmware started the agent's entry, first.
     started = BDS_STARTING.findall(result.console)
     assert started[:1] == [f"{entry.number:04X}"], started
+
+
+def esp_of(image: Path) -> dict[str, Any]:
+    """The image's first partition as sfdisk lists it (start and size in sectors, GUID)."""
+    listed = subprocess.run(
+        ["sfdisk", "--json", str(image)], capture_output=True, text=True, check=True
+    )
+    partition: dict[str, Any] = json.loads(listed.stdout)["partitiontable"]["partitions"][0]
+    return partition
+
+
+async def test_uefi_image_boots_by_a_boot_entry_only(ramdisk: Ramdisk, tmp_path: Path):
+    """The UEFI test image and the disk boot without the agent: with OVMF's own entries
+    the disk does not boot (so the UEFI test needs the agent's entry); with an entry the
+    way efibootmgr writes it, added to the NVRAM file on the host, it does."""
+    image = uefi_image(ramdisk.kernel, tmp_path / "image")
+    vm = UefiVM(tmp_path / "vm", ramdisk, UEFI)
+    vm.workdir.mkdir()
+    shutil.copyfile(image.path, vm.disk)
+    with vm.disk.open("r+b") as disk:
+        disk.truncate(UEFI.disk_bytes)
+    shutil.copyfile(OVMF_VARS, vm.nvram)
+    loop = asyncio.get_running_loop()
+    without = await loop.run_in_executor(None, boot_from_disk, vm, image.marker)
+    assert without.seconds_to_marker is None, without.console
+    assert "Shell> " in without.console  # OVMF found nothing else to start
+    esp = esp_of(vm.disk)
+    path = hard_drive_file_path(
+        1, esp["start"], esp["size"], uuid.UUID(esp["uuid"]), UEFI_LOADER_PATH
+    )
+    vm.nvram.write_bytes(with_boot_entry(vm.nvram.read_bytes(), 0x42, "tacet-marker", path))
+    result = await disk_boot(vm, image)
+    assert BDS_STARTING.findall(result.console)[:1] == ["0042"], result.console
 
 
 def _variable(name: str, data: bytes, state: int = 0x3F) -> bytes:
@@ -228,6 +271,12 @@ def test_uefi_vars_reads_boot_entries():
     assert entries.options[3].description == "tacet"
     assert entries.options[3].file_path == "\\EFI\\tacet-marker\\marker.efi"
     assert entries.options[3].optional_data == b"extra"
+    # An entry added the way EDK II updates a variable: the old BootOrder is dead.
+    path = hard_drive_file_path(1, 2048, 81920, GLOBAL_VARIABLE, "\\EFI\\x\\y.efi")
+    updated = boot_entries(with_boot_entry(store + b"\xff" * 4096, 0x42, "new", path))
+    assert updated.order == [0x42, 3, 0]
+    assert updated.options[0x42].file_path == "\\EFI\\x\\y.efi"
+    assert updated.options[3] == entries.options[3]
     # OVMF as shipped: a store with no variable in it.
     assert boot_entries(OVMF_VARS.read_bytes()) == BootEntries({}, [])
     with pytest.raises(VarStoreError):

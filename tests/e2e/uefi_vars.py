@@ -110,3 +110,71 @@ def boot_entries(store: bytes) -> BootEntries:
                 continue
             options[number] = parse_load_option(number, data)
     return BootEntries(options, order)
+
+
+# --- writing, for a test that needs an entry the agent did not make ---------------------
+
+VAR_DELETED_STATE = 0x3C  # VAR_ADDED with the in-deleted-transition and deleted bits cleared
+NV_BS_RT = 0x7  # non-volatile, boot service and runtime access
+
+
+def hard_drive_file_path(
+    partition: int, start_lba: int, sectors: int, partition_guid: uuid.UUID, file_path: str
+) -> bytes:
+    """A short-form device path, HD(partition,GPT,guid,start,size)/File(path), the form
+    efibootmgr writes: the firmware finds the partition by its GUID on any disk."""
+    hard_drive = struct.pack(
+        "<BBHIQQ16sBB", 4, 1, 42, partition, start_lba, sectors, partition_guid.bytes_le, 2, 2
+    )
+    name = (file_path + "\0").encode("utf-16-le")
+    return hard_drive + struct.pack("<BBH", 4, 4, 4 + len(name)) + name + b"\x7f\xff\x04\x00"
+
+
+def _variable(name: str, data: bytes) -> bytes:
+    encoded = (name + "\0").encode("utf-16-le")
+    header = VARIABLE_HEADER.pack(
+        START_ID, VAR_ADDED, NV_BS_RT, 0, bytes(16), 0, len(encoded), len(data),
+        GLOBAL_VARIABLE.bytes_le,
+    )  # fmt: skip
+    body = header + encoded + data
+    return body + b"\xff" * (-len(body) % 4)
+
+
+def with_boot_entry(store: bytes, number: int, description: str, device_path: bytes) -> bytes:
+    """The store with Boot#### added and put first in BootOrder, as EDK II itself writes
+    an update: the old BootOrder marked deleted, the new variables after the last one."""
+    if store[40:44] != b"_FVH":
+        raise VarStoreError("no firmware volume header")
+    out = bytearray(store)
+    pos = struct.unpack_from("<H", store, 48)[0] + STORE_HEADER_SIZE
+    order: list[int] = []
+    while pos + VARIABLE_HEADER.size <= len(store):
+        start, state, _a, _c, _t, _k, name_size, data_size, guid = VARIABLE_HEADER.unpack_from(
+            store, pos
+        )
+        if start != START_ID:
+            break
+        name_at = pos + VARIABLE_HEADER.size
+        name = store[name_at : name_at + name_size].decode("utf-16-le").rstrip("\0")
+        if (
+            state == VAR_ADDED
+            and name == "BootOrder"
+            and uuid.UUID(bytes_le=guid) == (GLOBAL_VARIABLE)
+        ):
+            data = store[name_at + name_size : name_at + name_size + data_size]
+            order = list(struct.unpack(f"<{data_size // 2}H", data))
+            out[pos + 2] = VAR_DELETED_STATE
+        pos = -(-(name_at + name_size + data_size) // 4) * 4
+    option = (
+        struct.pack("<IH", 1, len(device_path))  # LOAD_OPTION_ACTIVE
+        + (description + "\0").encode("utf-16-le")
+        + device_path
+    )
+    new_order = [number, *(n for n in order if n != number)]
+    added = _variable(f"Boot{number:04X}", option) + _variable(
+        "BootOrder", struct.pack(f"<{len(new_order)}H", *new_order)
+    )
+    if any(b != 0xFF for b in store[pos : pos + len(added)]) or pos + len(added) > len(store):
+        raise VarStoreError("no free space after the last variable")
+    out[pos : pos + len(added)] = added
+    return bytes(out)
