@@ -189,20 +189,15 @@ def _finish(path: Path, marker: str) -> BootImage:
     return BootImage(path, hashlib.sha256(path.read_bytes()).hexdigest(), marker)
 
 
-def uefi_image(kernel: Path, workdir: Path, fallback_loader: bool = False) -> BootImage:
-    """GPT with one ESP (FAT32) holding a unified kernel image at UEFI_LOADER only.
-
-    ``fallback_loader`` also puts it at EFI/BOOT/BOOTX64.EFI, where firmware finds it
-    without any boot entry: for checking the image and the firmware, not the agent."""
+def uefi_image(kernel: Path, workdir: Path) -> BootImage:
+    """GPT with one ESP (FAT32) holding a unified kernel image at UEFI_LOADER only (no
+    EFI/BOOT/BOOTX64.EFI, which firmware would find without a boot entry)."""
     require_image_tools()
     workdir.mkdir(parents=True, exist_ok=True)
     marker = new_marker()
     loader = unified_kernel_image(kernel, marker_initramfs(marker), workdir)
-    files = {UEFI_LOADER: loader}
-    if fallback_loader:
-        files["EFI/BOOT/BOOTX64.EFI"] = loader
     esp = workdir / "esp.fat"
-    fat_filesystem(esp, 40, 32, files)
+    fat_filesystem(esp, 40, 32, {UEFI_LOADER: loader})
     sectors = esp.stat().st_size // 512
     table = (
         f"label: gpt\nstart={PARTITION_START // 512}, size={sectors}, type={ESP_TYPE},"
