@@ -738,3 +738,140 @@ def running(vm: VM) -> Iterator[VM]:
 def report(label: str, value: str) -> None:
     """Figures for the log of the e2e run (pytest -s or the captured output on failure)."""
     print(f"e2e figure: {label}: {value}", flush=True)
+
+
+# --- UEFI guests (OVMF) ----------------------------------------------------------------
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+
+
+@dataclass
+class UefiVM(VM):
+    """The same guest on OVMF, with its own copy of the variable store (its NVRAM).
+
+    iPXE's EFI build hands the kernel its initrds through a virtual file system that the
+    kernel's EFI stub reads by the names given as ``initrd=`` on its command line.
+    """
+
+    def __post_init__(self) -> None:
+        initrds = ["initramfs"] + (["node.cpio"] if self.secrets is not None else [])
+        self.kernel_args = " ".join([*(f"initrd={name}" for name in initrds), self.kernel_args])
+
+    @property
+    def nvram(self) -> Path:
+        return self.workdir / "OVMF_VARS.fd"
+
+    def command(self) -> list[str]:
+        for path in (OVMF_CODE, OVMF_VARS):
+            if not path.is_file():
+                raise HarnessError(f"{path} does not exist: run tools/setup-e2e (Debian ovmf)")
+        if not self.nvram.exists():
+            shutil.copyfile(OVMF_VARS, self.nvram)
+        command = at_pci_slot(super().command(), self.shape.nic, UEFI_NIC_SLOT)
+        command = at_pci_slot(command, disk_controller(self.shape), UEFI_DISK_SLOT)
+        return [*command, *ovmf_drives(self.nvram)]
+
+
+# A UEFI guest's NIC and disk controller sit at fixed PCI slots, so that its disk keeps
+# its address (and the firmware's device paths to it stay valid) when the VM is started
+# again without the NIC.
+UEFI_NIC_SLOT = 0x3
+UEFI_DISK_SLOT = 0x4
+
+
+def disk_controller(shape: Shape) -> str:
+    return {"virtio": "virtio-blk-pci", "ahci": "ahci", "nvme": "nvme"}[shape.disk]
+
+
+def at_pci_slot(command: list[str], driver: str, slot: int) -> list[str]:
+    """``command`` with the first ``-device driver,...`` placed at ``slot`` of bus 0."""
+    out = list(command)
+    for i in range(1, len(out)):
+        if out[i - 1] == "-device" and out[i].split(",")[0] == driver:
+            out[i] = f"{out[i]},addr={slot:#x}"
+            return out
+    raise HarnessError(f"no -device {driver} in the QEMU command")
+
+
+def ovmf_drives(nvram: Path) -> list[str]:
+    return [
+        "-drive",
+        f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+        "-drive",
+        f"if=pflash,format=raw,unit=1,file={nvram}",
+    ]
+
+
+# What the firmware shows when nothing on the disk could be started: OVMF falls back to
+# its built-in UEFI shell, SeaBIOS says so (and both would wait forever).
+NOTHING_TO_BOOT = (b"Shell> ", b"No bootable device")
+
+
+@dataclass(frozen=True)
+class DiskBoot:
+    console: str
+    seconds_to_marker: float | None  # QEMU start -> the marker line on the console
+    exit_code: int
+
+
+def boot_from_disk(vm: VM, marker: str, timeout: float = 180) -> DiskBoot:
+    """Start ``vm``'s machine again from its disk: no NIC (so no network boot), the same
+    disk (for a UEFI guest at the same PCI slot) and, for a UEFI guest, the same NVRAM.
+    Waits until QEMU exits (the marker image powers off) and notes when ``marker``
+    appeared as a console line."""
+    s = vm.shape
+    console = vm.workdir / "disk-boot-console.log"
+    console.unlink(missing_ok=True)
+    command = [
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-machine",
+        s.machine,
+        "-m",
+        str(s.memory_mib),
+        "-smp",
+        "2",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-net",
+        "none",
+        "-serial",
+        f"file:{console}",
+        "-smbios",
+        f"type=1,manufacturer=Tacet Labs,product=E2E {s.name},serial={s.system_serial},"
+        f"uuid={s.uuid}",
+    ]
+    if isinstance(vm, UefiVM):
+        command += at_pci_slot(s.device_args(vm.disk), disk_controller(s), UEFI_DISK_SLOT)
+        command += ovmf_drives(vm.nvram)
+    else:
+        command += s.device_args(vm.disk)
+        sercon = vm.workdir / "sercon-port"
+        sercon.write_bytes(struct.pack("<H", 0x3F8))  # SeaBIOS: mirror text output to COM1
+        command += ["-fw_cfg", f"name=etc/sercon-port,file={sercon}"]
+    (vm.workdir / "disk-boot-command.txt").write_text(" ".join(command) + "\n")
+    wanted = re.compile(rb"^" + re.escape(marker.encode()) + rb"\r?$", re.MULTILINE)
+    started = time.monotonic()
+    seen: float | None = None
+    with (vm.workdir / "disk-boot-qemu.out").open("wb") as out:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        while process.poll() is None and time.monotonic() - started < timeout:
+            text = console.read_bytes() if console.exists() else b""
+            if seen is None and wanted.search(text):
+                seen = time.monotonic() - started
+            if any(sign in text for sign in NOTHING_TO_BOOT):
+                break
+            time.sleep(0.1)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        code = process.wait()
+    text = console.read_bytes() if console.exists() else b""
+    if seen is None and wanted.search(text):
+        seen = time.monotonic() - started  # printed just before the power-off
+    return DiskBoot(text.decode("utf-8", errors="replace"), seen, code)
