@@ -53,6 +53,7 @@ class Config:
     header_timeout: float = 10.0  # for a complete request head (slowloris)
     idle_timeout: float = 75.0  # keep-alive; the conductor's pool gives up idle ones at 60 s
     allow_loop_devices: bool = False  # attached loop devices as disks: trying Tacet out
+    efivars_dir: Path = Path("/sys/firmware/efi/efivars")  # UEFI variables (boot entries)
     cmdline: str = field(default="", repr=False)  # may carry ipa-agent-token
     config_dir: Path = DEFAULT_CONFIG_DIR
     state_dir: Path = DEFAULT_STATE_DIR
@@ -196,6 +197,7 @@ SETTINGS: dict[str, Setting] = {
     "header-timeout": Setting("header_timeout", _positive_float),
     "idle-timeout": Setting("idle_timeout", _positive_float),
     "allow-loop-devices": Setting("allow_loop_devices", _bool),
+    "efivars-dir": Setting("efivars_dir", _path),
 }
 IRONIC_NAMES = {s.ironic_name: name for name, s in SETTINGS.items() if s.ironic_name}
 TACET_PREFIX = "tacet."
