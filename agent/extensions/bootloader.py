@@ -18,10 +18,6 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from image.bootloader import install_uefi_boot
-from image.efi import EfiVars
-from image.errors import BadInput, Conflict, ImageError
-
 from ..commands import CommandError, InvalidCommandParamsError, Param
 
 if TYPE_CHECKING:
@@ -44,6 +40,7 @@ def check_boot_mode(value: Any) -> None:
 
 
 def check_prep_partition(value: Any) -> None:
+    """Called for a non-null value only: a PReP partition means a ppc64 partition image."""
     raise InvalidCommandParamsError(
         "prep_boot_part_uuid: PReP boot partitions (ppc64 partition images) are not supported"
     )
@@ -73,12 +70,11 @@ def register(agent: Agent) -> None:
         target_boot_mode: str | None = None,
         ignore_bootloader_failure: bool | None = None,
     ) -> dict[str, Any]:
-        efivars = EfiVars(agent.config.efivars_dir)
         # Without target_boot_mode (ironic's retry for old agents) the mode the agent
         # itself was booted in decides, as in ironic-python-agent.
-        mode = target_boot_mode or ("uefi" if efivars.root.is_dir() else "bios")
+        mode = target_boot_mode or ("uefi" if agent.config.efivars_dir.is_dir() else "bios")
         try:
-            return await _install(agent, mode, efivars, root_uuid, efi_system_part_uuid)
+            return await _install(agent, mode, root_uuid, efi_system_part_uuid)
         except BootloaderError as exc:
             if not ignore_bootloader_failure:
                 raise
@@ -106,7 +102,7 @@ def register(agent: Agent) -> None:
 
 
 async def _install(
-    agent: Agent, mode: str, efivars: EfiVars, root_uuid: str | None, esp_uuid: str | None
+    agent: Agent, mode: str, root_uuid: str | None, esp_uuid: str | None
 ) -> dict[str, Any]:
     disk, written = agent.written_disk, agent.partition_uuids
     if disk is None or written is None:
@@ -121,6 +117,12 @@ async def _install(
         raise BootloaderError("partition images are not supported", code=400)
     if mode == "bios":
         return _nothing_to_do()
+    # image/ loads on first use, as for prepare_image: a quicker start
+    from image.bootloader import install_uefi_boot
+    from image.efi import EfiVars
+    from image.errors import BadInput, Conflict, ImageError
+
+    efivars = EfiVars(agent.config.efivars_dir)
     loop = asyncio.get_running_loop()
     try:
         done = await loop.run_in_executor(None, install_uefi_boot, disk, efivars, esp_uuid)
