@@ -60,6 +60,7 @@ class Config:
     inspection_dhcp_wait_timeout: float = 60.0
     collect_lldp: bool = False
     lldp_timeout: float = 30.0
+    efivars_dir: Path = Path("/sys/firmware/efi/efivars")  # UEFI variables (boot entries)
     cmdline: str = field(default="", repr=False)  # may carry ipa-agent-token
     config_dir: Path = DEFAULT_CONFIG_DIR
     state_dir: Path = DEFAULT_STATE_DIR
@@ -240,6 +241,7 @@ SETTINGS: dict[str, Setting] = {
     ),
     "collect-lldp": Setting("collect_lldp", _bool, "ipa-collect-lldp"),
     "lldp-timeout": Setting("lldp_timeout", _positive_float, "ipa-lldp-timeout"),
+    "efivars-dir": Setting("efivars_dir", _path),
 }
 IRONIC_NAMES = {s.ironic_name: name for name, s in SETTINGS.items() if s.ironic_name}
 TACET_PREFIX = "tacet."

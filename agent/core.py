@@ -53,6 +53,7 @@ class Agent:
         )
         self.guard = Guard()
         self.partition_uuids: dict[str, Any] | None = None  # of the last image written
+        self.written_disk: str | None = None  # the device the last image was written to
         self.async_done_callbacks: list[Any] = []
         # A token set after start (set_node_info, lookup) was persisted and wins over the
         # command line, so a restart never falls back to an older or absent token.

@@ -21,7 +21,7 @@ from .commands import Registry
 from .config import KERNEL, Config
 from .connections import ConnectionTable, fit_descriptor_limit
 from .core import Agent
-from .extensions import log, poll, standby, steps
+from .extensions import bootloader, log, poll, standby, steps
 from .gate import Timeouts, TlsGate
 from .inventory_cache import UDEV_CONTROL, InventoryCache
 from .malformed import connections
@@ -67,7 +67,7 @@ def build_agent(
         collect_inventory or live_inventory(config), config.inventory_max_age
     )
     agent = Agent(config, identity, power, Registry(), inventory)
-    for extension in (poll, standby, log, steps):
+    for extension in (poll, standby, log, steps, bootloader):
         extension.register(agent)
     return agent
 

@@ -111,6 +111,7 @@ async def write_image(
     except ImageError as exc:
         raise command_error(exc) from None
     agent.partition_uuids = uuids
+    agent.written_disk = disk.name
     return (
         f"image ({image_info.get('id')}) written to device {disk.name} "
         f"root_uuid={uuids['root uuid']}"

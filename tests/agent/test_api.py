@@ -281,6 +281,7 @@ IRONIC_HANDLED = [
     "standby.power_off",
     "standby.run_image",
     "log.collect_system_logs",
+    "image.install_bootloader",
 ]
 IRONIC_REFUSED = ["rescue.finalize_rescue", "system.lockdown"]
 

@@ -8,6 +8,7 @@ an untested feature.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -179,3 +180,31 @@ def make_gpt_image(path: Path, size: int) -> None:
     with open(path, "wb") as handle:
         handle.truncate(size)
     run("sgdisk", "-n1:2048:+8M", "-t1:ef00", "-n2:0:0", "-t2:8300", str(path))
+
+
+ESP_OFFSET = 2048 * 512  # where make_gpt_image puts partition 1 (the ESP)
+
+
+def mtools(tool: str, *args: str) -> None:
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    subprocess.run([need(tool), *args], check=True, capture_output=True, env=env)
+
+
+def make_uefi_disk(path: Path, size: int, files: dict[str, bytes]) -> None:
+    """``make_gpt_image`` with a FAT file system (mkfs.vfat) on its ESP holding ``files``
+    (``{"EFI/debian/shimx64.efi": b"..."}``), put there with mtools."""
+    make_gpt_image(path, size)
+    run(need("mkfs.vfat"), "-n", "ESP", f"--offset={ESP_OFFSET // 512}", str(path), "8192")
+    image = f"{path}@@{ESP_OFFSET}"
+    made: set[str] = set()
+    for name, data in files.items():
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder not in made:
+                mtools("mmd", "-i", image, f"::/{folder}")
+                made.add(folder)
+        source = path.parent / "esp-file"
+        source.write_bytes(data)
+        mtools("mcopy", "-i", image, str(source), f"::/{name}")
+        source.unlink()
