@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -379,13 +380,18 @@ class IronicApi:
         timeout: float,
         failed: set[str] | frozenset[str] = frozenset(),
         poll: float = 0.5,
+        alive: Callable[[], str | None] | None = None,
     ) -> dict[str, Any]:
         """The node once ``provision_state`` is one of ``wanted`` and nothing is in flight;
-        :class:`IronicError` when it reaches a state in ``failed`` or time runs out."""
+        :class:`IronicError` when it reaches a state in ``failed``, time runs out, or
+        ``alive`` (checked on each poll) returns why waiting is pointless."""
         targets = {wanted} if isinstance(wanted, str) else wanted
         deadline = time.monotonic() + timeout
         node = self.node(ident)
         while time.monotonic() < deadline:
+            problem = alive() if alive is not None else None
+            if problem:
+                raise IronicError(f"node {ident} {node['provision_state']!r}: {problem}")
             node = self.node(ident)
             state = node["provision_state"]
             if state in targets and node["target_provision_state"] is None:

@@ -17,6 +17,7 @@ Devices themselves, /dev and the network are the host's: the agent reaches ironi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .launcher import NO_PROXY, IronicError, free_port
 
@@ -112,26 +114,73 @@ def ramdisk_cmdline(tftp_root: Path, mac: str) -> str:
     """The command line a node with ``mac`` would boot its ramdisk with, from the PXE
     config ironic wrote for it (``ipappend 2`` adds BOOTIF), so the agent gets exactly
     ironic's ``ipa-*`` parameters."""
-    config = tftp_root / "pxelinux.cfg" / ("01-" + mac.lower().replace(":", "-"))
-    if not config.exists():
-        raise IronicError(f"ironic wrote no PXE config for {mac} ({config})")
-    params = deploy_kernel_params(config.read_text())
-    return f"{params} BOOTIF=01-{mac.lower().replace(':', '-')}"
+    dashed = "01-" + mac.lower().replace(":", "-")
+    # pxelinux's name in BIOS mode, GRUB's in UEFI mode: links to the node's config.
+    candidates = [tftp_root / "pxelinux.cfg" / dashed, tftp_root / f"grub.cfg-{dashed}"]
+    for config in candidates:
+        if config.exists():
+            return f"{deploy_kernel_params(config.read_text())} BOOTIF={dashed}"
+    raise IronicError(f"ironic wrote no PXE config for {mac} (none of {candidates})")
+
+
+COLLECT = (
+    "import json, sys\n"
+    "from hardware import collect_inventory, live_sources\n"
+    "sources = live_sources(cmdline=sys.argv[1])\n"
+    "print(json.dumps(collect_inventory(sources, allow_loop_devices=True).to_dict()))\n"
+)
+
+
+def inventory_in_one_disk_view(disk: LoopDisk, cmdline: str) -> dict[str, Any]:
+    """What the ``hardware`` collector (``python -m hardware``'s) reports on this machine
+    as the agent sees it: the same one-disk view, loop devices allowed, and the agent's
+    kernel command line (BOOTIF names the PXE interface)."""
+    view = ["sh", "-c", ONE_DISK_VIEW, "sh", disk.name, str(disk.sysfs_dir())]
+    done = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            *view,
+            sys.executable,
+            "-c",
+            COLLECT,
+            cmdline,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise IronicError(f"collecting the inventory failed: {done.stderr[-2000:]}")
+    inventory: dict[str, Any] = json.loads(done.stdout)
+    return inventory
 
 
 class LocalAgent:
     """One boot of the ramdisk: ``start`` it when the node waits for its agent, ``stop``
     it when ironic is done with it (the node "reboots" into its instance)."""
 
-    def __init__(self, workdir: Path, boot_cmdline: str, disk: LoopDisk) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        boot_cmdline: str,
+        disk: LoopDisk,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         """``boot_cmdline``: what ironic's boot interface gave the ramdisk (with
-        ``ipa-api-url``), see :func:`ramdisk_cmdline`."""
+        ``ipa-api-url``), see :func:`ramdisk_cmdline`; ``settings``: agent settings for a
+        TOML file in its configuration directory (as a ramdisk image would bake in)."""
         if shutil.which("unshare") is None:
             raise IronicError("unshare is needed (util-linux)")
         self.workdir = workdir
         self.boot_cmdline = boot_cmdline
         self.disk = disk
         self.port = free_port()
+        self.settings = settings or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.log = workdir / "agent.log"
 
@@ -160,6 +209,9 @@ class LocalAgent:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "etc").mkdir(mode=0o700, exist_ok=True)
+        if self.settings:
+            lines = [f"{key} = {json.dumps(value)}" for key, value in self.settings.items()]
+            (self.workdir / "etc" / "50-test.toml").write_text("\n".join(lines) + "\n")
         (self.workdir / "cmdline").write_text(self.cmdline() + "\n")
         view = ["sh", "-c", ONE_DISK_VIEW, "sh", self.disk.name, str(self.disk.sysfs_dir())]
         with self.log.open("ab") as out:
@@ -173,6 +225,17 @@ class LocalAgent:
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def problem(self) -> str | None:
+        """Why waiting for this agent is pointless, or None: it exited, or it started in
+        passive mode (it would never call ironic)."""
+        if self.process is None:
+            return None
+        if self.process.poll() is not None:
+            return f"the agent exited with {self.process.returncode}\n{self.tail()}"
+        if " mode=passive " in self.log_text():
+            return f"the agent runs in passive mode with ironic's command line\n{self.tail()}"
+        return None
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
