@@ -186,7 +186,7 @@ def ironic_config(
                 "images_path": str(dirs["images"]),
                 "instance_master_path": str(dirs["instances"]),
             },
-            "deploy": {"http_root": str(dirs["http"]), "http_url": "http://127.0.0.1:1"},
+            "deploy": {"http_root": str(dirs["http"])},
             "agent": {
                 "certificates_path": str(dirs["certificates"]),
                 "deploy_logs_local_path": str(dirs["deploy-logs"]),

@@ -19,12 +19,13 @@ from .machine import Machine
 def deploy_and_check(machine: Machine, images: Images, image: Image) -> float:
     machine.enroll(boot_mode="bios", instance_info=images.instance_info(image))
     machine.provide()
+    requests_before = len(images.server.requests)
     node, seconds = machine.deploy()
     assert node["provision_state"] == "active", node.get("last_error")
     assert node["last_error"] is None
     written = machine.disk.read(0, len(images.raw_bytes))
     assert hashlib.sha256(written).hexdigest() == images.raw.sha256
-    assert ("GET", f"/{image.name}") in images.server.requests
+    assert ("GET", f"/{image.name}") in images.server.requests[requests_before:]
 
     (agent,) = machine.agents
     log = agent.log_text()
