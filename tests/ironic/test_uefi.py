@@ -9,6 +9,7 @@ variables into a directory of the test (the ``efivars-dir`` setting), never the 
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,21 +23,29 @@ from .machine import Machine
 def uefi_image(images: Images, tmp_path_factory: pytest.TempPathFactory) -> UefiImage:
     built = build_uefi_image(tmp_path_factory.mktemp("uefi-image"))
     images.server.files["uefi.raw"] = built.path
+    qcow2 = built.path.with_suffix(".qcow2")
+    subprocess.run(
+        ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(built.path), str(qcow2)],
+        check=True,
+    )
+    images.server.files["uefi.qcow2"] = qcow2
     return built
 
 
+@pytest.mark.parametrize("disk_format", ["raw", "qcow2"])
 def test_deploy_whole_disk_image_uefi(
-    machine: Machine, images: Images, uefi_image: UefiImage, tmp_path: Path
+    machine: Machine, images: Images, uefi_image: UefiImage, tmp_path: Path, disk_format: str
 ) -> None:
     efivars = tmp_path / "efivars"
     efivars.mkdir()
+    served = uefi_image.path.with_suffix(f".{disk_format}")
     machine.enroll(
         boot_mode="uefi",
         instance_info={
-            "image_source": images.url("uefi.raw"),
+            "image_source": images.url(served.name),
             "image_os_hash_algo": "sha256",
-            "image_os_hash_value": uefi_image.sha256,
-            "image_disk_format": "raw",
+            "image_os_hash_value": hashlib.sha256(served.read_bytes()).hexdigest(),
+            "image_disk_format": disk_format,
         },
     )
     machine.provide()
@@ -44,7 +53,10 @@ def test_deploy_whole_disk_image_uefi(
     node, seconds = machine.deploy(settings={"efivars-dir": str(efivars)})
 
     assert node["provision_state"] == "active", node.get("last_error")
-    report("UEFI deploy of a 32 MiB raw image with an ESP, deploy to active", f"{seconds:.1f} s")
+    report(
+        f"UEFI deploy of a 32 MiB {disk_format} image with an ESP, deploy to active",
+        f"{seconds:.1f} s",
+    )
     image = uefi_image.path.read_bytes()
     for offset, length in (uefi_image.esp, uefi_image.root):
         written = machine.disk.read(offset, length)
