@@ -1,38 +1,53 @@
-"""A disk the agent wrote boots on its own.
+"""A disk the agent wrote, driven by a real ironic, boots on its own.
 
-The agent in the PXE-booted ramdisk writes a small whole-disk image (tests/e2e/
-disk_images.py: a kernel and an initramfs that prints a marker line and powers off),
-and for UEFI creates the firmware's boot entry; then the VM starts again with the same
-disk (and NVRAM) and no NIC, so no network boot, and must print the marker. Figures:
-firmware start to the agent's first answer, the deployment, disk boot to the marker.
+A real ironic (``tests/ironic/launcher.py``, on 127.0.0.1; ``ironic_vm.py`` says how the
+guest and ironic reach each other) deploys a small whole-disk image made at test time
+(``disk_images.py``: a kernel and an initramfs that prints a marker line and powers off)
+into a PXE-booted VM: the node is ``manual-management`` with ``fake`` power, and the
+test plays the power interface. Once the node waits for its agent, the VM boots the
+deploy kernel and ramdisk ironic prepared for it, with the kernel parameters ironic
+wrote into its PXE config: ``ipa-api-url`` there is ironic's own ``http://127.0.0.1:PORT``
+and is rewritten to the guest's ``guestfwd`` address, and the agent advertises the VM's
+host forward (``ipa-advertise-host=127.0.0.1``, ``ipa-advertise-port``), which ironic
+calls with TLS verified against the certificate from the heartbeat. ironic looks the
+agent up, writes the image (the URL as the guest sees it), in UEFI mode has the agent
+create the boot entry (``image.install_bootloader``), and ends with the agent's
+``standby.power_off``: the guest powers itself off (QEMU exits, ``-no-reboot``); fake
+power still says "on", so ironic forces a (fake) power off, "powers on" the instance and
+reports ``active``. Then the VM starts again with the same disk (and NVRAM) and no NIC,
+so no network boot, and must print the marker. Figures: deploy request to ``active``,
+disk boot to the marker.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
 import struct
 import subprocess
-import time
+import urllib.error
+import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conductor import pki
+from tests.ironic.launcher import IronicError, locate_ironic
 
-from .conftest import NODE
 from .disk_images import UEFI_LOADER_PATH, BootImage, bios_image, uefi_image
 from .harness import (
     IMAGE_HOST,
+    IRONIC_HOST,
+    IRONIC_PORT,
     OVMF_VARS,
     VM,
-    AgentClient,
     BackgroundApp,
     DiskBoot,
+    HarnessError,
     ImageServer,
     Ramdisk,
     Shape,
@@ -40,7 +55,17 @@ from .harness import (
     boot_from_disk,
     report,
 )
-from .test_ramdisk import boot, mtls_context
+from .ironic_vm import (
+    POWER_DOWN,
+    ConductorProxy,
+    Deployment,
+    GuestFacingIronic,
+    VmNode,
+    certificate_fingerprint,
+    certificate_ips,
+    drive_deploy,
+    guest_kernel_args,
+)
 from .uefi_vars import (
     GLOBAL_VARIABLE,
     VARIABLE_HEADER,
@@ -70,53 +95,101 @@ UEFI = Shape(
 )
 
 
-async def succeeded(client: AgentClient, name: str, params: dict[str, Any]) -> Any:
-    """Run a command to its end; its result, once it has succeeded."""
-    status, result = await client.command(name, params)
-    assert status == 200, (name, result)
-    if result["command_status"] == "RUNNING":
-        result = await client.wait_command(result["id"], 600)
-    assert result["command_status"] == "SUCCEEDED", (name, result)
-    return result["command_result"]
+@dataclass(frozen=True)
+class IronicSite:
+    ironic: GuestFacingIronic
+    proxy: ConductorProxy
+    deploy_files_url: str  # the deploy kernel and ramdisk, for ironic on 127.0.0.1
 
 
-async def deploy(client: AgentClient, shape: Shape, image: BootImage) -> None:
-    """The conductor's node data (the root device hint: the VM's 2 GiB disk is below
-    the default minimum size), then prepare_image of the image from the host's server."""
-    node_info = {
-        "node": {
-            "uuid": shape.uuid,
-            "properties": {"root_device": {"serial": shape.disk_serial}},
-            "instance_info": {},
-        },
-        "config": {},
-    }
-    await succeeded(client, "poll.set_node_info", {"node_info": node_info})
-    image_info = {
-        "id": f"e2e-{shape.name}",
-        "urls": [f"http://{IMAGE_HOST}/{image.path.name}"],
-        "disk_format": "raw",
-        "os_hash_algo": "sha256",
-        "os_hash_value": image.sha256,
-    }
-    started = time.monotonic()
-    await succeeded(client, "standby.prepare_image", {"image_info": image_info})
-    seconds, mib = time.monotonic() - started, image.path.stat().st_size / 1024 / 1024
-    report(f"{shape.name}: deploy ({mib:.0f} MiB whole-disk image)", f"{seconds:.1f} s")
+@pytest.fixture(scope="module")
+def site(ramdisk: Ramdisk, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IronicSite]:
+    """One real ironic for this module, its proxy to the guests' addresses, and the
+    built ramdisk served to it as the nodes' deploy kernel and ramdisk."""
+    try:
+        install = locate_ironic()
+    except IronicError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    proxy = ConductorProxy()
+    files = ImageServer({"deploy.kernel": ramdisk.kernel, "deploy.initramfs": ramdisk.initramfs})
+    with BackgroundApp(proxy.app) as proxy_app, BackgroundApp(files.app) as files_app:
+        service = GuestFacingIronic(
+            install,
+            tmp_path_factory.mktemp("ironic"),
+            proxy_url=f"http://127.0.0.1:{proxy_app.port}",
+        )
+        try:
+            service.start()
+        except IronicError as exc:
+            service.stop()
+            pytest.fail(str(exc), pytrace=False)
+        report("ironic start to API answering", f"{service.ready_seconds:.1f} s")
+        try:
+            yield IronicSite(service, proxy, f"http://127.0.0.1:{files_app.port}")
+        finally:
+            service.stop()
+            print(f"ironic log: {service.log}", flush=True)
 
 
-async def power_off(vm: VM, client: AgentClient) -> None:
-    status, result = await client.command("standby.power_off")
-    assert status == 200, result
-    await asyncio.get_running_loop().run_in_executor(None, vm.wait_exit, 120)
+def deploy_with_ironic(
+    site: IronicSite, make_vm: Callable[[Ramdisk], VM], shape: Shape, image: BootImage
+) -> tuple[VM, Deployment]:
+    """Enroll the VM as a node, deploy ``image`` with ironic, and check what every
+    deploy must show: ``active``, the image fetched by the guest (and only checked by
+    ironic), the agent powered the guest off, auto TLS through the host forward."""
+    images = ImageServer({image.path.name: image.path})
+    with BackgroundApp(images.app) as server:
+        site.proxy.routes[(IMAGE_HOST, 80)] = server.port
+        node = VmNode.enroll(
+            site.ironic,
+            shape,
+            "uefi" if shape is UEFI else "bios",
+            site.deploy_files_url,
+            {
+                "image_source": f"http://{IMAGE_HOST}/{image.path.name}",
+                "image_os_hash_algo": "sha256",
+                "image_os_hash_value": image.sha256,
+                "image_disk_format": "raw",
+            },
+        )
+        try:
+
+            def booted_vm(ramdisk: Ramdisk) -> VM:
+                vm: VM = make_vm(ramdisk)
+                vm.guestfwds[(IMAGE_HOST, 80)] = server.port
+                vm.guestfwds[(IRONIC_HOST, IRONIC_PORT)] = site.ironic.api_port
+                return vm
+
+            vm, deployment = drive_deploy(node, booted_vm)
+        finally:
+            node.delete()
+            del site.proxy.routes[(IMAGE_HOST, 80)]
+    report(f"{shape.name}: ironic deploy -> active", f"{deployment.seconds:.1f} s")
+    report(
+        f"{shape.name}: QEMU start -> first heartbeat in ironic",
+        f"{deployment.seconds_to_heartbeat:.1f} s",
+    )
+    assert deployment.node["last_error"] is None, deployment.node["last_error"]
+    # The guest downloaded the image; ironic only checked the URL (through the proxy).
+    name = f"/{image.path.name}"
+    assert ("GET", name) in images.requests, images.requests
+    assert ("HEAD", f"http://{IMAGE_HOST}{name}") in site.proxy.requests, site.proxy.requests
+    # ironic's standby.power_off: the guest powered itself off (QEMU exits cleanly).
+    node_uuid = deployment.node["uuid"]
+    assert f"Agent command standby.power_off for node {node_uuid} returned" in deployment.ironic_log
+    assert POWER_DOWN in deployment.console and deployment.exit_code == 0
+    # Auto TLS through the forward: ironic called the agent at the advertised address,
+    # verified against the certificate the agent announced on its console.
+    assert deployment.agent_urls == [f"https://127.0.0.1:{vm.host_port}"], deployment.agent_urls
+    assert certificate_fingerprint(deployment.kept_certificate) == deployment.banner_fingerprint
+    assert "127.0.0.1" in certificate_ips(deployment.kept_certificate)
+    return vm, deployment
 
 
-async def disk_boot(vm: VM, image: BootImage) -> DiskBoot:
+def disk_boot(vm: VM, image: BootImage) -> DiskBoot:
     """The VM from its disk (``boot_from_disk``); the marker must be on the console and
     QEMU must exit cleanly (the image powers off)."""
-    result = await asyncio.get_running_loop().run_in_executor(
-        None, boot_from_disk, vm, image.marker
-    )
+    result = boot_from_disk(vm, image.marker)
     tail = "\n".join(result.console.splitlines()[-30:])
     assert result.seconds_to_marker is not None, f"no marker from the disk; console:\n{tail}"
     report(
@@ -127,71 +200,39 @@ async def disk_boot(vm: VM, image: BootImage) -> DiskBoot:
     return result
 
 
-def client_for(pki_dir: Path) -> Any:
-    return lambda port: AgentClient(port, mtls_context(pki_dir), server_hostname=NODE)
-
-
-async def test_bios_disk_boots(
-    ramdisk: Ramdisk, pki_dir: Path, bundle: pki.NodeBundle, tmp_path: Path
-):
+def test_ironic_deploys_bios_and_the_disk_boots(
+    site: IronicSite, ramdisk: Ramdisk, tmp_path: Path
+) -> None:
+    """SeaBIOS: a 34 MiB image with SYSLINUX in its MBR and active partition."""
     image = bios_image(ramdisk.kernel, tmp_path / "image")
-    images = ImageServer({image.path.name: image.path})
-    vm = VM(tmp_path / "vm", ramdisk, BIOS, secrets=bundle.cpio())
-    vm.workdir.mkdir()
-    with BackgroundApp(images.app) as server:
-        vm.guestfwds[(IMAGE_HOST, 80)] = server.port
-        try:
-            booted = await asyncio.get_running_loop().run_in_executor(
-                None, boot, vm, client_for(pki_dir)
-            )
-            await deploy(booted.client, BIOS, image)
-            await power_off(vm, booted.client)
-        finally:
-            vm.stop()
-    await disk_boot(vm, image)
+
+    (tmp_path / "vm").mkdir()
+    vm, _ = deploy_with_ironic(site, lambda deploy: VM(tmp_path / "vm", deploy, BIOS), BIOS, image)
+    disk_boot(vm, image)
 
 
 BDS_STARTING = re.compile(r'BdsDxe: starting Boot([0-9A-F]{4}) "')
 
 
-async def test_uefi_disk_boots(
-    ramdisk: Ramdisk, pki_dir: Path, bundle: pki.NodeBundle, tmp_path: Path
-):
-    """OVMF all the way: iPXE's EFI build loads the ramdisk, the agent writes the image
-    and the boot entry through efivarfs, and the disk boots by that entry alone (the
-    image has no EFI/BOOT/BOOTX64.EFI that firmware would find by itself)."""
+def test_ironic_deploys_uefi_and_the_disk_boots_by_the_agents_entry(
+    site: IronicSite, ramdisk: Ramdisk, tmp_path: Path
+) -> None:
+    """OVMF all the way: iPXE's EFI build loads ironic's deploy ramdisk, ironic has the
+    agent write the image and then the boot entry (``image.install_bootloader`` through
+    efivarfs), and the disk boots by that entry alone (the image has no
+    EFI/BOOT/BOOTX64.EFI that firmware would find by itself)."""
     image = uefi_image(ramdisk.kernel, tmp_path / "image")
-    images = ImageServer({image.path.name: image.path})
-    vm = UefiVM(tmp_path / "vm", ramdisk, UEFI, secrets=bundle.cpio())
-    vm.workdir.mkdir()
-    with BackgroundApp(images.app) as server:
-        vm.guestfwds[(IMAGE_HOST, 80)] = server.port
-        try:
-            booted = await asyncio.get_running_loop().run_in_executor(
-                None, boot, vm, client_for(pki_dir)
-            )
-            client = booted.client
-            inventory = await succeeded(client, "poll.get_hardware_info", {})
-            assert inventory["boot"]["current_boot_mode"] == "uefi", inventory["boot"]
-            # The entries OVMF made for this machine on its way to the network boot.
-            firmware = boot_entries(vm.nvram.read_bytes())
-            assert firmware.options and firmware.order, firmware
-            await deploy(client, UEFI, image)
-            uuids = await succeeded(client, "standby.get_partition_uuids", {})
-            assert uuids["efi system partition uuid"], uuids
-            # What ironic sends for a whole-disk image in UEFI mode.
-            await succeeded(
-                client,
-                "image.install_bootloader",
-                {
-                    "root_uuid": uuids["root uuid"],
-                    "efi_system_part_uuid": uuids["efi system partition uuid"],
-                    "target_boot_mode": "uefi",
-                },
-            )
-            await power_off(vm, client)
-        finally:
-            vm.stop()
+
+    (tmp_path / "vm").mkdir()
+    vm, deployment = deploy_with_ironic(
+        site, lambda deploy: UefiVM(tmp_path / "vm", deploy, UEFI), UEFI, image
+    )
+    assert isinstance(vm, UefiVM)
+    node_uuid = deployment.node["uuid"]
+    assert f"Installing the bootloader for node {node_uuid}" in deployment.ironic_log
+    # The entries OVMF made for this machine on its way to the network boot.
+    firmware = deployment.firmware
+    assert firmware is not None and firmware.options and firmware.order, firmware
     after = boot_entries(vm.nvram.read_bytes())
     added = [option for number, option in after.options.items() if number not in firmware.options]
     assert [(o.file_path or "").lower() for o in added] == [UEFI_LOADER_PATH.lower()], added
@@ -200,10 +241,49 @@ async def test_uefi_disk_boots(
     # OVMF's own entries are untouched and still in the boot order.
     assert {n: after.options.get(n) for n in firmware.options} == firmware.options
     assert set(firmware.order) <= set(after.order), (firmware.order, after.order)
-    result = await disk_boot(vm, image)
+    result = disk_boot(vm, image)
     # The firmware started the agent's entry, first.
     started = BDS_STARTING.findall(result.console)
     assert started[:1] == [f"{entry.number:04X}"], started
+
+
+def test_guest_kernel_args_rewrite_only_ironics_own_url() -> None:
+    ironic = "http://127.0.0.1:6000"
+    params = f"text ipa-debug=1 ipa-api-url={ironic} ipa-global-request-id=req-1 BOOTIF=01-aa"
+    assert guest_kernel_args(params, ironic, 4242).split() == [
+        "text",
+        "ipa-debug=1",
+        f"ipa-api-url=http://{IRONIC_HOST}:{IRONIC_PORT}",
+        "ipa-global-request-id=req-1",
+        "ipa-advertise-host=127.0.0.1",
+        "ipa-advertise-port=4242",
+    ]
+    with pytest.raises(HarnessError, match="not its own"):
+        guest_kernel_args("ipa-api-url=http://192.0.2.1:6385", ironic, 1)
+    with pytest.raises(HarnessError, match="no ipa-api-url"):
+        guest_kernel_args("text nofb", ironic, 1)
+
+
+def test_conductor_proxy_reaches_forwarded_guest_addresses_only(tmp_path: Path) -> None:
+    """ironic's HEAD and GET for the guest's image address reach the host's server; any
+    other address is refused by the proxy itself, which connects nowhere else."""
+    (tmp_path / "image.raw").write_bytes(b"disk image bytes")
+    images, proxy = ImageServer({"image.raw": tmp_path / "image.raw"}), ConductorProxy()
+    with BackgroundApp(images.app) as server, BackgroundApp(proxy.app) as proxied:
+        proxy.routes[(IMAGE_HOST, 80)] = server.port
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{proxied.port}"})
+        )
+        url = f"http://{IMAGE_HOST}/image.raw"
+        with opener.open(urllib.request.Request(url, method="HEAD"), timeout=10) as head:
+            assert head.headers["Content-Length"] == "16"
+        with opener.open(url, timeout=10) as got:
+            assert got.read() == b"disk image bytes"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            opener.open(f"http://{IRONIC_HOST}:{IRONIC_PORT}/v1", timeout=10)
+        assert refused.value.code == 403
+    assert images.requests == [("HEAD", "/image.raw"), ("GET", "/image.raw")]
+    assert proxy.requests == [("HEAD", url), ("GET", url)]
 
 
 def esp_of(image: Path) -> dict[str, Any]:
@@ -215,7 +295,7 @@ def esp_of(image: Path) -> dict[str, Any]:
     return partition
 
 
-async def test_uefi_image_boots_by_a_boot_entry_only(ramdisk: Ramdisk, tmp_path: Path):
+def test_uefi_image_boots_by_a_boot_entry_only(ramdisk: Ramdisk, tmp_path: Path):
     """The UEFI test image and the disk boot without the agent: with OVMF's own entries
     the disk does not boot (so the UEFI test needs the agent's entry); with an entry the
     way efibootmgr writes it, added to the NVRAM file on the host, it does."""
@@ -226,8 +306,7 @@ async def test_uefi_image_boots_by_a_boot_entry_only(ramdisk: Ramdisk, tmp_path:
     with vm.disk.open("r+b") as disk:
         disk.truncate(UEFI.disk_bytes)
     shutil.copyfile(OVMF_VARS, vm.nvram)
-    loop = asyncio.get_running_loop()
-    without = await loop.run_in_executor(None, boot_from_disk, vm, image.marker)
+    without = boot_from_disk(vm, image.marker)
     assert without.seconds_to_marker is None, without.console
     assert "Shell> " in without.console  # OVMF found nothing else to start
     esp = esp_of(vm.disk)
@@ -235,7 +314,7 @@ async def test_uefi_image_boots_by_a_boot_entry_only(ramdisk: Ramdisk, tmp_path:
         1, esp["start"], esp["size"], uuid.UUID(esp["uuid"]), UEFI_LOADER_PATH
     )
     vm.nvram.write_bytes(with_boot_entry(vm.nvram.read_bytes(), 0x42, "tacet-marker", path))
-    result = await disk_boot(vm, image)
+    result = disk_boot(vm, image)
     assert BDS_STARTING.findall(result.console)[:1] == ["0042"], result.console
 
 
