@@ -93,7 +93,8 @@ class PassiveMachine(Machine):
     def boot_agent(self, settings: dict[str, str] | None = None) -> LocalAgent:
         from .node import ramdisk_cmdline
 
-        cmdline = ramdisk_cmdline(self.ironic.workdir / "tftp", self.macs[0])
+        mac = (self.identity_macs or self.macs)[0]  # ironic wrote the PXE config per port
+        cmdline = ramdisk_cmdline(self.ironic.workdir / "tftp", mac)
         if "ipa-api-url" in cmdline or "ipa-inspection-callback-url" in cmdline:
             raise IronicError(f"the passive boot has a call-back URL: {cmdline}")
         agent = PassiveAgent(
