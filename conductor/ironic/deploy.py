@@ -86,7 +86,7 @@ def _poll_enabled() -> bool:
 
 
 class _Bookkeeping:
-    """This conductor's memory between rounds: the poller and each agent's last answer."""
+    """This conductor's memory between sweeps: the poller and each agent's last answer."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -238,7 +238,7 @@ class TacetPassiveDeploy(agent.AgentDeploy):
             if not targets:
                 return
             budget = CONF.tacet.poll_timeout * 2 * (len(targets) // poller.settings.concurrency + 1)
-            answers = shared_loop().run(poller.round(targets), timeout=budget + 30)
+            answers = shared_loop().run(poller.sweep(targets), timeout=budget + 30)
         now = time.monotonic()
         for answer in answers:
             if answer.kind in (ALIVE, FIRST_CONTACT):

@@ -26,7 +26,7 @@ opts = [
         "poll_jitter",
         default=1.0,
         min=0,
-        help="Each poll of a round starts after a random delay of up to this many "
+        help="Each poll of a sweep starts after a random delay of up to this many "
         "seconds, so a conductor's polls do not arrive together.",
     ),
     cfg.IntOpt(

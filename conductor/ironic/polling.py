@@ -1,4 +1,4 @@
-"""One poll round over many passive agents, without ironic: what each answer means.
+"""One sweep over many passive agents, without ironic: what each answer means.
 
 The ironic side (``deploy.py``) says who to poll and how to trust each agent
 (``Target``); this module talks to the agents with Tacet's client, bounded and
@@ -28,7 +28,7 @@ from conductor.http import Pool
 ALIVE = "alive"  # a known agent answered: process it as a heartbeat
 FIRST_CONTACT = "first-contact"  # a new agent, verified and identified, node_info sent
 REFUSED = "refused"  # not this node's agent (identity or trust): fail the node
-UNREACHABLE = "unreachable"  # no answer this round
+UNREACHABLE = "unreachable"  # no answer this sweep
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def identity_problems(expected: Identity, inventory: Inventory) -> list[str]:
 
 @dataclass(frozen=True)
 class Target:
-    """One node to poll this round."""
+    """One node to poll this sweep."""
 
     uuid: str
     address: str  # host:port
@@ -99,7 +99,7 @@ class PollSettings:
 
 
 class Poller:
-    """Polls rounds of targets on one event loop; keeps clients (and connections) between rounds."""
+    """Polls sweeps of targets on one event loop; keeps clients (and connections) between sweeps."""
 
     def __init__(self, settings: PollSettings, pool: Pool | None = None) -> None:
         self.settings = settings
@@ -129,7 +129,7 @@ class Poller:
             if uuid not in keep:
                 del self._clients[uuid]
 
-    async def round(self, targets: list[Target]) -> list[Answer]:
+    async def sweep(self, targets: list[Target]) -> list[Answer]:
         gate = asyncio.Semaphore(max(1, self.settings.concurrency))
 
         async def one(target: Target) -> Answer:
