@@ -435,6 +435,7 @@ class AgentClient:
         self.pool = pool or Pool()
         self.context: ssl.SSLContext | None = None
         self.seen_fingerprint: str | None = None  # colon hex, as the agent prints it
+        self.seen_certificate: str | None = None  # its PEM, once probed and verified
         self.last_call: _Call | None = None  # the attempts of the last call made
         self.keep_alive = self.pool.keep_alive_slot(self.address)
         token = self.options.token
@@ -487,6 +488,7 @@ class AgentClient:
             status = await self._get(context, "/v1/status", token=False, limit=STATUS_LIMIT)
             self._check_binding(der, status)
         self.seen_fingerprint = fingerprint(pem)
+        self.seen_certificate = pem
         self.context = context
 
     def _check_binding(self, der: bytes, status: Any) -> None:

@@ -1,0 +1,390 @@
+"""``tacet-passive``: ironic's ``direct`` deploy, with the conductor polling the agent.
+
+ironic's heartbeat handling stays as it is. Instead of the agent calling ironic's
+lookup and heartbeat, a periodic task of this interface polls the agents of the nodes
+mapped to this conductor in the states an agent would heartbeat in, and turns each
+answer into what those calls do: on first contact verify the agent and the node's
+MACs, send it the lookup data (``poll.set_node_info``) and record its URL and
+certificate; then call this interface's own ``heartbeat`` under the node's lock, so
+ironic's deploy, clean, service and rescue processing runs unchanged. Inspection
+takes the inventory from ``get_hardware_info`` into ironic's inspection hooks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ironic import objects
+from ironic.common import async_steps, exception, states
+from ironic.common import utils as common_utils
+from ironic.conductor import cleaning, deployments, periodics, servicing, task_manager
+from ironic.conductor import inspection as conductor_inspection
+from ironic.conductor import utils as manager_utils
+from ironic.drivers.modules import agent, agent_client, deploy_utils
+from ironic.drivers.modules.inspector import interface as inspector_common
+from oslo_config import cfg
+from oslo_log import log
+from oslo_utils import timeutils
+
+from conductor.client import Trust
+from conductor.http import Pool
+
+from . import addresses, options
+from .bridge import shared_loop
+from .polling import (
+    ALIVE,
+    FIRST_CONTACT,
+    REFUSED,
+    Answer,
+    Identity,
+    Poller,
+    PollSettings,
+    Target,
+)
+
+CONF = cfg.CONF
+options.register(CONF)
+LOG = log.getLogger(__name__)
+
+INTERFACE_NAME = "tacet-passive"
+# What the plugin itself runs on the agent at first contact. ironic recognises a freshly
+# booted agent by a command list holding nothing but get_<type>_steps; these are the
+# plugin's stand-in for lookup, so they do not make the agent any less fresh.
+FIRST_CONTACT_COMMANDS = frozenset({"get_hardware_info", "set_node_info", "node_info"})
+FRESH_AGENT = "tacet_fresh_agent"
+REBOOT_FIELDS = {
+    "clean": async_steps.CLEANING_REBOOT,
+    "service": async_steps.SERVICING_REBOOT,
+    "deploy": async_steps.DEPLOYMENT_REBOOT,
+}
+POLLED_STATES = (
+    states.DEPLOYWAIT,
+    states.CLEANWAIT,
+    states.SERVICEWAIT,
+    states.RESCUEWAIT,
+    states.INSPECTWAIT,
+)
+VIF_KEYS = (
+    "cleaning_vif_port_id",
+    "provisioning_vif_port_id",
+    "inspection_vif_port_id",
+    "servicing_vif_port_id",
+    "rescuing_vif_port_id",
+    "tenant_vif_port_id",
+)
+
+
+def _poll_spacing() -> int:
+    return int(CONF.tacet.poll_interval)
+
+
+def _poll_enabled() -> bool:
+    return int(CONF.tacet.poll_interval) > 0
+
+
+class _Bookkeeping:
+    """This conductor's memory between sweeps: the poller and each agent's last answer."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.poller: Poller | None = None
+        self.last_answer: dict[str, float] = {}
+
+    def poller_for(self, settings: PollSettings) -> Poller:
+        if self.poller is None or self.poller.settings != settings:
+            self.poller = Poller(settings, Pool())
+        return self.poller
+
+
+_BOOK = _Bookkeeping()
+
+
+def _settings() -> PollSettings:
+    return PollSettings(
+        concurrency=CONF.tacet.poll_concurrency,
+        jitter=min(CONF.tacet.poll_jitter, max(CONF.tacet.poll_interval / 2, 0)),
+        timeout=float(CONF.tacet.poll_timeout),
+        connect_timeout=min(5.0, float(CONF.tacet.poll_timeout)),
+    )
+
+
+def _agent_timeout() -> int:
+    return int(CONF.tacet.agent_timeout or CONF.api.ramdisk_heartbeat_timeout)
+
+
+def _first_contact_trust() -> Trust:
+    if CONF.tacet.trust_mode == "claim":
+        return Trust(trust_on_first_use=True)
+    return Trust()  # token-binding: the pre-shared token's binding
+
+
+def _lookup_data(node: Any, token: str | None) -> dict[str, Any]:
+    """What ironic's lookup would answer, less what the agent has no use for here."""
+    config: dict[str, Any] = {
+        "heartbeat_timeout": CONF.api.ramdisk_heartbeat_timeout,
+        "agent_token_required": True,
+        "agent_md5_checksum_enable": CONF.agent.allow_md5_checksum,
+        "disable_deep_image_inspection": CONF.conductor.disable_deep_image_inspection,
+        "permitted_image_formats": CONF.conductor.permitted_image_formats,
+        "tls_min_version": CONF.agent.tls_minimum_version,
+    }
+    if token and CONF.tacet.trust_mode != "token-binding":
+        config["agent_token"] = token
+    return {
+        "node": {
+            "uuid": node.uuid,
+            "properties": node.properties,
+            "instance_info": node.instance_info,
+        },
+        "config": config,
+    }
+
+
+class TacetPassiveDeploy(agent.AgentDeploy):
+    """ironic's ``direct`` deploy for agents in passive mode: the conductor polls them."""
+
+    # -- steps -------------------------------------------------------------------------
+    def process_next_step(self, task: Any, step_type: str, **kwargs: Any) -> None:
+        """ironic's, except that the plugin's first-contact commands leave an agent fresh."""
+        node = task.node
+        if node.driver_internal_info.get(FRESH_AGENT):
+            node.del_driver_internal_info(FRESH_AGENT)
+            node.save()
+            commands = agent_client.get_client(task).get_commands_status(node)
+            names = {str(c.get("command_name")) for c in commands}
+            LOG.debug(
+                "Node %s: the agent's commands at first contact: %s", node.uuid, sorted(names)
+            )
+            if names <= FIRST_CONTACT_COMMANDS | {f"get_{step_type}_steps"}:
+                self._start_steps(task, step_type)
+                return
+        super().process_next_step(task, step_type, **kwargs)
+
+    def _start_steps(self, task: Any, step_type: str) -> None:
+        """What ironic does with a freshly booted agent: go on with the node's steps."""
+        node = task.node
+        common_utils.pop_node_nested_field(node, "driver_internal_info", REBOOT_FIELDS[step_type])
+        node.save()
+        if step_type == "clean":
+            task.resume_cleaning()
+            cleaning.continue_node_clean(task)
+            return
+        task.process_event("resume")
+        if step_type == "deploy":
+            deployments.continue_node_deploy(task)
+        else:
+            servicing.continue_node_service(task)
+
+    # -- where the agent is ------------------------------------------------------------
+    def _agent_address(self, context: Any, node: Any, ports: list[Any]) -> str | None:
+        port = CONF.tacet.agent_port
+        given = (node.driver_info or {}).get("tacet_address")
+        if given:
+            return addresses.agent_address(str(given), port)
+        if node.network_interface == "neutron":
+            from ironic.common import neutron
+
+            client = neutron.get_client(context=context)
+            for ironic_port in ports:
+                for key in VIF_KEYS:
+                    vif = (ironic_port.internal_info or {}).get(key)
+                    if not vif:
+                        continue
+                    found = addresses.neutron_fixed_ip(client.get_port(vif).to_dict())
+                    if found:
+                        return addresses.agent_address(found, port)
+        if CONF.tacet.dnsmasq_leases_file:
+            try:
+                text = Path(CONF.tacet.dnsmasq_leases_file).read_text()
+            except OSError as exc:
+                LOG.warning(
+                    "Cannot read the dnsmasq leases %s: %s", CONF.tacet.dnsmasq_leases_file, exc
+                )
+                return None
+            found = addresses.dnsmasq_lease_address(text, (p.address for p in ports))
+            if found:
+                return addresses.agent_address(found, port)
+        return None
+
+    # -- the periodic ------------------------------------------------------------------
+    @periodics.periodic(spacing=_poll_spacing, enabled=_poll_enabled)
+    def _tacet_poll_passive_agents(self, manager: Any, context: Any) -> None:
+        """Poll the agents of this conductor's passive nodes; act on what they answer."""
+        candidates = [
+            uuid
+            for uuid, _driver, _group, deploy_interface in manager.iter_nodes(
+                fields=["deploy_interface"],
+                filters={"provision_state_in": POLLED_STATES, "reserved": False},
+            )
+            if deploy_interface == INTERFACE_NAME
+        ]
+        targets = []
+        for uuid in candidates:
+            try:
+                target = self._target(context, uuid)
+            except exception.NodeNotFound:
+                continue
+            except Exception:
+                LOG.exception("Passive poll: cannot prepare node %s", uuid)
+                continue
+            if target is not None:
+                targets.append(target)
+        with _BOOK.lock:
+            poller = _BOOK.poller_for(_settings())
+            poller.forget({t.uuid for t in targets})
+            if not targets:
+                return
+            budget = CONF.tacet.poll_timeout * 2 * (len(targets) // poller.settings.concurrency + 1)
+            answers = shared_loop().run(poller.sweep(targets), timeout=budget + 30)
+        now = time.monotonic()
+        for answer in answers:
+            if answer.kind in (ALIVE, FIRST_CONTACT):
+                _BOOK.last_answer[answer.uuid] = now
+            try:
+                self._act(context, manager, answer)
+            except (exception.NodeLocked, exception.NodeNotFound):
+                continue
+            except Exception:
+                LOG.exception("Passive poll: acting on node %s failed", answer.uuid)
+
+    def _target(self, context: Any, uuid: str) -> Target | None:
+        node = objects.Node.get_by_uuid(context, uuid)
+        info = node.driver_internal_info or {}
+        token = info.get("agent_secret_token")
+        url = info.get("agent_url")
+        verify_ca = info.get("agent_verify_ca")
+        if url and verify_ca and node.provision_state != states.INSPECTWAIT:
+            address = url.removeprefix("https://").rstrip("/")
+            trust = Trust(cafile=Path(verify_ca))
+            return Target(uuid, address, trust, token)
+        # First contact: where is it, who must it be, and what is its token.
+        ports = objects.Port.list_by_node_id(context, node.id)
+        address = self._agent_address(context, node, ports)
+        if address is None:
+            LOG.debug("Passive poll: no address known yet for node %s", uuid)
+            return None
+        mode = CONF.tacet.trust_mode
+        if mode == "token-binding" and not token:
+            LOG.warning(
+                "Passive poll: node %s has no pregenerated agent token; is its boot "
+                "interface tacet-pxe or tacet-ipxe?",
+                uuid,
+            )
+            return None
+        if mode != "token-binding" and not token:
+            with task_manager.acquire(
+                context, uuid, shared=False, purpose="tacet passive token"
+            ) as task:
+                manager_utils.add_secret_token(task.node)
+                task.node.save()
+                token = task.node.driver_internal_info["agent_secret_token"]
+        properties = node.properties or {}
+        identity = Identity(
+            macs=frozenset(p.address.lower() for p in ports),
+            system_serial=(node.driver_info or {}).get("tacet_system_serial")
+            or properties.get("tacet_system_serial"),
+        )
+        inspecting = node.provision_state == states.INSPECTWAIT
+        return Target(
+            uuid,
+            address,
+            _first_contact_trust(),
+            token,
+            identity=identity,
+            node_info=None if inspecting else _lookup_data(node, token),
+            want_inventory=inspecting,
+        )
+
+    # -- acting on an answer -----------------------------------------------------------
+    def _act(self, context: Any, manager: Any, answer: Answer) -> None:
+        if answer.kind == REFUSED:
+            self._fail(context, answer.uuid, f"tacet passive: {answer.reason}")
+            return
+        if answer.kind not in (ALIVE, FIRST_CONTACT):
+            self._check_timeout(context, answer)
+            return
+        with task_manager.acquire(
+            context, answer.uuid, shared=True, purpose="tacet passive poll"
+        ) as task:
+            node = task.node
+            if type(task.driver.deploy) is not type(self):
+                return
+            if node.provision_state == states.INSPECTWAIT:
+                if answer.kind == FIRST_CONTACT:
+                    self._continue_inspection(task, manager, answer)
+                return
+            if node.provision_state not in POLLED_STATES:
+                return
+            verify_ca = node.driver_internal_info.get("agent_verify_ca")
+            if answer.kind == FIRST_CONTACT:
+                assert answer.certificate is not None
+                task.upgrade_lock()  # reloads task.node
+                node = task.node
+                verify_ca = manager_utils.store_agent_certificate(node, answer.certificate)
+                node.set_driver_internal_info(FRESH_AGENT, True)
+                node.save()
+            self.heartbeat(
+                task,
+                f"https://{answer.address}",
+                answer.version or "tacet",
+                agent_verify_ca=verify_ca,
+            )
+
+    def _continue_inspection(self, task: Any, manager: Any, answer: Answer) -> None:
+        """What ironic's continue_inspection call does, with the polled inventory."""
+        task.upgrade_lock()
+        node = task.node
+        if node.provision_state != states.INSPECTWAIT:
+            return
+        LOG.info("Passive poll: inventory of node %s received from %s", node.uuid, answer.address)
+        task.process_event(
+            "resume",
+            callback=manager._spawn_worker,
+            call_args=(conductor_inspection.continue_inspection, task, answer.inventory or {}, {}),
+            err_handler=manager_utils.provisioning_error_handler,
+        )
+
+    def _check_timeout(self, context: Any, answer: Answer) -> None:
+        node = objects.Node.get_by_uuid(context, answer.uuid)
+        if not node.driver_internal_info.get("agent_url"):
+            return  # never answered yet: ironic's own callback timeouts apply
+        limit = _agent_timeout()
+        seen = _BOOK.last_answer.get(answer.uuid)
+        if seen is not None:
+            silent = time.monotonic() - seen
+        else:
+            since = node.provision_updated_at or node.updated_at
+            silent = (timeutils.utcnow() - since.replace(tzinfo=None)).total_seconds()
+        if silent < limit:
+            LOG.debug(
+                "Passive poll: agent of node %s did not answer (%s)", node.uuid, answer.reason
+            )
+            return
+        _BOOK.last_answer.pop(answer.uuid, None)
+        self._fail(
+            context,
+            answer.uuid,
+            f"tacet passive: the agent at {answer.address} has not answered for "
+            f"{int(silent)} s (limit {limit} s): {answer.reason}",
+        )
+
+    def _fail(self, context: Any, uuid: str, message: str) -> None:
+        """The error handler ironic uses for the node's wait state."""
+        with task_manager.acquire(
+            context, uuid, shared=False, purpose="tacet passive failure"
+        ) as task:
+            state = task.node.provision_state
+            LOG.error("Node %s: %s", uuid, message)
+            if state == states.DEPLOYWAIT:
+                deploy_utils.set_failed_state(task, message, collect_logs=False)
+            elif state == states.CLEANWAIT:
+                manager_utils.cleaning_error_handler(task, message, errmsg=message)
+            elif state == states.SERVICEWAIT:
+                manager_utils.servicing_error_handler(task, message, errmsg=message)
+            elif state == states.RESCUEWAIT:
+                manager_utils.rescuing_error_handler(task, message)
+            elif state == states.INSPECTWAIT:
+                inspector_common.inspection_error_handler(task, message)

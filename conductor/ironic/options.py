@@ -1,0 +1,79 @@
+"""The ``[tacet]`` group of ironic.conf: how the conductor polls passive agents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from oslo_config import cfg
+
+TRUST_MODES = ("token-binding", "claim")
+
+opts = [
+    cfg.IntOpt(
+        "poll_interval",
+        default=10,
+        min=0,
+        help="Seconds between two polls of every passive agent mapped to this conductor "
+        "(nodes in deploy, clean, service, rescue or inspect wait). 0 turns polling off.",
+    ),
+    cfg.IntOpt(
+        "poll_concurrency",
+        default=64,
+        min=1,
+        help="Agents polled at the same time by one conductor.",
+    ),
+    cfg.FloatOpt(
+        "poll_jitter",
+        default=1.0,
+        min=0,
+        help="Each poll of a sweep starts after a random delay of up to this many "
+        "seconds, so a conductor's polls do not arrive together.",
+    ),
+    cfg.IntOpt(
+        "poll_timeout",
+        default=10,
+        min=1,
+        help="Seconds one request to an agent may take (connect, TLS, answer).",
+    ),
+    cfg.IntOpt(
+        "agent_timeout",
+        min=1,
+        help="Seconds without an answer after which a node whose agent answered before "
+        "fails, as a missing heartbeat would. Defaults to [api]ramdisk_heartbeat_timeout. "
+        "Until the first answer ironic's own callback timeouts apply.",
+    ),
+    cfg.PortOpt("agent_port", default=9999, help="The agents' TLS port."),
+    cfg.StrOpt(
+        "trust_mode",
+        default="token-binding",
+        choices=[
+            (
+                "token-binding",
+                "ironic pregenerates the agent token and the boot "
+                "configuration carries it (ipa-agent-token); the conductor verifies the "
+                "agent's token binding before it sends anything.",
+            ),
+            (
+                "claim",
+                "claim on first use: the first conductor to reach the agent gives it "
+                "the token. Weakest; only on a provisioning network you control.",
+            ),
+        ],
+        help="How the agent and the conductor come to trust each other.",
+    ),
+    cfg.StrOpt(
+        "dnsmasq_leases_file",
+        help="Lease file of the dnsmasq that serves the provisioning network when ironic "
+        "runs without Neutron (Bifrost, Metal3): an agent's address is the lease of one of "
+        "the node's port MACs.",
+    ),
+]
+
+
+def register(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(opts, group="tacet")
+
+
+def list_opts() -> list[tuple[str, list[Any]]]:
+    """For oslo-config-generator (entry point oslo.config.opts ``tacet.ironic``)."""
+    return [("tacet", opts)]

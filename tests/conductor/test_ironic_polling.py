@@ -1,0 +1,162 @@
+"""The ironic plugin's parts that import no ironic: address sources, the identity check,
+the loop thread and one sweep against real agents. Its ironic side runs in tests/ironic."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+import pytest
+
+from conductor.client import AgentClient, Inventory, Options, Trust
+from conductor.ironic.addresses import agent_address, dnsmasq_lease_address, neutron_fixed_ip
+from conductor.ironic.bridge import LoopThread
+from conductor.ironic.polling import (
+    ALIVE,
+    FIRST_CONTACT,
+    REFUSED,
+    UNREACHABLE,
+    Identity,
+    Poller,
+    PollSettings,
+    Target,
+    identity_problems,
+)
+
+from .conftest import TOKEN
+
+LEASES = """\
+1765000000 52:54:00:aa:bb:01 192.0.2.10 node-a 01:52:54:00:aa:bb:01
+1765000900 52:54:00:AA:BB:02 192.0.2.11 node-a *
+1765000500 52:54:00:aa:bb:03 192.0.2.12 other *
+duid 00:01:00:01:2c:1f:aa:bb:52:54:00:00:00:01
+1765000950 3301 2001:db8::5 node-a 00:01:00:01:2c:1f
+"""
+
+
+def test_the_newest_lease_of_the_nodes_macs_wins() -> None:
+    assert dnsmasq_lease_address(LEASES, ["52:54:00:aa:bb:01", "52:54:00:aa:bb:02"]) == (
+        "192.0.2.11"
+    )
+    assert dnsmasq_lease_address(LEASES, ["52:54:00:AA:BB:01"]) == "192.0.2.10"
+    assert dnsmasq_lease_address(LEASES, ["52:54:00:ff:ff:ff"]) is None
+    assert (
+        dnsmasq_lease_address("garbage\nnot-a-number 52:54:00:aa:bb:01 x\n", ["52:54:00:aa:bb:01"])
+        is None
+    )
+
+
+def test_addresses_take_the_default_port_and_keep_a_given_one() -> None:
+    assert agent_address("192.0.2.5", 9999) == "192.0.2.5:9999"
+    assert agent_address(" 192.0.2.5:10000 ", 9999) == "192.0.2.5:10000"
+    assert agent_address("[2001:db8::5]:9998", 9999) == "[2001:db8::5]:9998"
+    assert agent_address("2001:db8::5", 9999) == "[2001:db8::5]:9999"
+
+
+def test_a_neutron_ports_first_fixed_ip() -> None:
+    port = {"fixed_ips": [{"subnet_id": "s"}, {"ip_address": "192.0.2.9"}]}
+    assert neutron_fixed_ip(port) == "192.0.2.9"
+    assert neutron_fixed_ip({"fixed_ips": []}) is None
+
+
+def test_identity_needs_every_port_mac_and_the_serial() -> None:
+    inventory = Inventory(
+        {
+            "interfaces": [
+                {"mac_address": "52:54:00:AA:BB:01"},
+                {"mac_address": "52:54:00:aa:bb:02"},
+            ],
+            "system_vendor": {"serial_number": "S1"},
+        }
+    )
+    assert identity_problems(Identity(frozenset({"52:54:00:aa:bb:01"}), "S1"), inventory) == []
+    problems = identity_problems(Identity(frozenset({"52:54:00:de:ad:01"}), "S2"), inventory)
+    has = "52:54:00:aa:bb:01, 52:54:00:aa:bb:02"
+    assert problems == [
+        f"MAC(s) 52:54:00:de:ad:01 not present (the agent has: {has})",
+        "system serial is 'S1', expected 'S2'",
+    ]
+
+
+def test_the_loop_thread_serves_every_caller_on_one_loop() -> None:
+    loop_thread = LoopThread("test-loop")
+    try:
+        seen = []
+
+        async def which_loop() -> asyncio.AbstractEventLoop:
+            return asyncio.get_running_loop()
+
+        def caller() -> None:
+            seen.append(loop_thread.run(which_loop(), timeout=5))
+
+        threads = [threading.Thread(target=caller) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(seen) == 4 and all(loop is loop_thread.loop for loop in seen)
+
+        async def forever() -> None:
+            await asyncio.sleep(3600)
+
+        with pytest.raises(TimeoutError):
+            loop_thread.run(forever(), timeout=0.2)
+    finally:
+        loop_thread.stop()
+    assert not loop_thread.alive
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_a_sweep_identifies_new_agents_refuses_strangers_and_sees_the_gone(
+    start_node,
+) -> None:
+    def with_nic(mac: str):
+        def collect() -> dict:
+            return {"interfaces": [{"name": "eth0", "mac_address": mac}], "disks": []}
+
+        return collect
+
+    good = await start_node("good", inventory=with_nic("52:54:00:aa:bb:01"))
+    stranger = await start_node("stranger", inventory=with_nic("52:54:00:aa:bb:02"))
+    poller = Poller(PollSettings(concurrency=2, jitter=0.0, timeout=5, connect_timeout=2))
+    first = await poller.sweep([])
+    assert first == []
+
+    async with AgentClient(good.address, Options(Trust(), TOKEN)) as client:
+        macs = (await client.get_hardware_info()).macs
+    assert macs == {"52:54:00:aa:bb:01"}
+    node_info = {"node": {"uuid": "1be26c0b-03f2-4d2e-ae87-c02d7f33c123"}, "config": {}}
+    answers = await poller.sweep(
+        [
+            Target("good", good.address, Trust(), TOKEN, Identity(macs), node_info),
+            Target(
+                "stranger",
+                stranger.address,
+                Trust(),
+                TOKEN,
+                Identity(frozenset({"52:54:00:de:ad:01"})),
+                node_info,
+            ),
+            Target("gone", f"127.0.0.1:{closed_port()}", Trust(), TOKEN),
+        ]
+    )
+    by_node = {answer.uuid: answer for answer in answers}
+    assert by_node["good"].kind == FIRST_CONTACT
+    assert by_node["good"].certificate and "BEGIN CERTIFICATE" in by_node["good"].certificate
+    assert by_node["good"].inventory is not None
+    assert by_node["stranger"].kind == REFUSED
+    assert "52:54:00:de:ad:01 not present" in (by_node["stranger"].reason or "")
+    assert by_node["gone"].kind == UNREACHABLE
+    # The good agent took the lookup data; the stranger was told nothing.
+    assert good.agent.node_info is not None
+    assert stranger.agent.node_info is None
+
+    again = await poller.sweep([Target("good", good.address, Trust(), TOKEN)])
+    assert [a.kind for a in again] == [ALIVE]
