@@ -1,4 +1,4 @@
-"""Running the agent from a per-node bundle, the cpio ``tacet pki node-bundle`` writes.
+"""Running the agent from a per-node bundle, the initrd ``tacet pki node-bundle`` writes.
 
 The bundle is what iPXE appends to the ramdisk as a second initrd: the kernel unpacks
 it over ``/``, giving ``etc/tacet/`` (client CA, server certificate and key, token,
@@ -20,6 +20,7 @@ import contextlib
 import os
 import stat
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ MAGICS = (b"070701", b"070702")  # newc, and newc with checksums (same layout)
 HEADER = 110
 TRAILER = "TRAILER!!!"
 ROOT = "etc/tacet"
+GZIP_MAGIC = b"\x1f\x8b"
 MAX_BYTES = 16 * 1024 * 1024  # a bundle is a few KiB: refuse to read a disk image
 
 
@@ -119,6 +121,22 @@ def extract(members: list[Member], into: Path) -> Path:
     return config_dir
 
 
+def gunzipped(data: bytes) -> bytes:
+    """A gzip-compressed bundle (as ``tacet pki node-bundle`` writes it) inflated, bounded."""
+    if data[:2] != GZIP_MAGIC:
+        return data
+    inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        plain = inflate.decompress(data, MAX_BYTES + 1)
+    except zlib.error as exc:
+        raise BundleError(f"not a valid gzip file: {exc}") from None
+    if len(plain) > MAX_BYTES:
+        raise BundleError(f"inflates past {MAX_BYTES} bytes: not a node bundle")
+    if not inflate.eof:
+        raise BundleError("the gzip data is truncated")
+    return plain
+
+
 @contextlib.contextmanager
 def unpacked(bundle: Path) -> Iterator[Path]:
     """The bundle's ``etc/tacet`` in a private (0700) temporary directory, removed after."""
@@ -129,7 +147,7 @@ def unpacked(bundle: Path) -> Iterator[Path]:
         raise BundleError(f"cannot read it: {exc.strerror or exc}") from None
     if len(data) > MAX_BYTES:
         raise BundleError(f"larger than {MAX_BYTES} bytes: not a node bundle")
-    members = parse_newc(data)
+    members = parse_newc(gunzipped(data))
     with tempfile.TemporaryDirectory(prefix="tacet-bundle-") as directory:
         root = Path(directory)
         os.chmod(root, 0o700)

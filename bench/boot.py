@@ -141,7 +141,7 @@ def main() -> None:
         to_kernel: list[float] = []
         rates: list[float] = []
         probes: list[float] = []
-        secrets = bundle.cpio()
+        secrets = bundle.initrd()
         if args.modules_load:
             conf = "\n".join(args.modules_load.split()) + "\n"
             secrets += cpio.pack(

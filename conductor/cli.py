@@ -95,9 +95,9 @@ def _parser() -> argparse.ArgumentParser:
 
     node = actions.add_parser(
         "node-bundle",
-        help="build a node's secrets initrd (newc cpio for iPXE to append)",
+        help="build a node's secrets initrd (gzip-compressed newc cpio for iPXE to append)",
         description="Issue a server certificate for NODE and pack it with its key, the client CA"
-        " and an agent token as a newc cpio initrd unpacking into /etc/tacet/. The"
+        " and an agent token as a gzip-compressed newc cpio initrd unpacking into /etc/tacet/. The"
         " certificate and token are kept in DIR/nodes/NODE/.",
     )
     node.add_argument("dir", type=Path, metavar="DIR")
@@ -596,7 +596,7 @@ def _node_bundle(args: argparse.Namespace) -> None:
     # The initrd first: if keeping the record fails, no node gets secrets the conductor
     # does not know, and an older record stays intact when the initrd cannot be written.
     try:
-        write_private(output, bundle.cpio(mtime=int(time.time())))
+        write_private(output, bundle.initrd(mtime=int(time.time())))
     except OSError as exc:
         raise pki.PkiError(f"cannot write {output}: {exc.strerror or exc}") from None
     try:

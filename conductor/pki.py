@@ -20,6 +20,7 @@ thousands). A CA made with P-384 by an earlier version keeps working and signs S
 from __future__ import annotations
 
 import datetime
+import gzip
 import ipaddress
 import json
 import os
@@ -110,6 +111,16 @@ class NodeBundle:
 
     def cpio(self, mtime: int = 0) -> bytes:
         return cpio.pack(self.entries(), mtime=mtime)
+
+    def initrd(self, mtime: int = 0) -> bytes:
+        """The bundle as boot loaders append it: the cpio, gzip-compressed.
+
+        The kernel reads an uncompressed cpio only at a 4-byte aligned offset, and some
+        loaders put initrds back to back without padding (Linux's EFI stub with several
+        ``initrd=`` options, as iPXE under UEFI does): after a ramdisk of odd length a
+        plain cpio would be dropped. A compressed archive is found at any offset.
+        """
+        return gzip.compress(self.cpio(mtime), compresslevel=9, mtime=0)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ own, where 127.0.0.1:9999 is free.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ def main(argv: list[str]) -> int:
     root.mkdir(parents=True)
     subprocess.run(
         ["cpio", "-idm", "--no-absolute-filenames", "--quiet"],
-        input=bundle.read_bytes(),
+        input=gzip.decompress(bundle.read_bytes()),  # as the kernel does
         cwd=root,
         check=True,
     )

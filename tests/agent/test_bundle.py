@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.__main__ import main
-from agent.bundle import BundleError, Member, extract, parse_newc, unpacked
+from agent.bundle import MAX_BYTES, BundleError, Member, extract, parse_newc, unpacked
 from agent.config import load_config
 from conductor import cpio, pki
 
@@ -216,3 +217,30 @@ def test_agent_runs_from_a_bundle_and_answers_tacet_status(made, tmp_path):
         _out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     assert list(temp.iterdir()) == []  # the unpacked secrets are gone
+
+
+def test_the_gzip_initrd_the_cli_writes_is_read_as_is(made, tmp_path):
+    _, _, bundle, _ = made
+    initrd = tmp_path / "node-1.initrd"
+    initrd.write_bytes(bundle.initrd())
+    assert initrd.read_bytes()[:2] == b"\x1f\x8b"
+    assert gzip.decompress(initrd.read_bytes()) == bundle.cpio()
+    with unpacked(initrd) as config_dir:
+        assert (config_dir / "server-cert.pem").read_bytes() == bundle.cert_pem
+        assert (config_dir / "token").read_text() == bundle.token + "\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (gzip.compress(bytes(MAX_BYTES + 1)), f"inflates past {MAX_BYTES} bytes"),
+        (gzip.compress(b"070701")[:-9], "truncated"),
+        (b"\x1f\x8b" + bytes(20), "not a valid gzip file"),
+    ],
+    ids=["bomb", "truncated", "garbage"],
+)
+def test_a_bad_gzip_bundle_is_refused(tmp_path, data, reason):
+    path = tmp_path / "bad"
+    path.write_bytes(data)
+    with pytest.raises(BundleError, match=reason), unpacked(path):
+        pass

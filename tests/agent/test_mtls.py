@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gzip
 import re
 import socket
 import ssl
@@ -65,14 +66,13 @@ def pki(tmp_path_factory):
     )
     root = base / "root"
     root.mkdir()
-    with open(base / "node-7.cpio", "rb") as archive:
-        subprocess.run(
-            ["cpio", "-idm", "--no-absolute-filenames", "--quiet"],
-            cwd=root,
-            stdin=archive,
-            check=True,
-            timeout=30,
-        )
+    subprocess.run(
+        ["cpio", "-idm", "--no-absolute-filenames", "--quiet"],
+        cwd=root,
+        input=gzip.decompress((base / "node-7.cpio").read_bytes()),  # as the kernel does
+        check=True,
+        timeout=30,
+    )
     expired = base / "expired"
     expired.mkdir()
     write_expired_client(ca, expired)

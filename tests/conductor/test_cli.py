@@ -258,10 +258,10 @@ def test_help_texts_are_plain_text(argv, capsys):
 async def dev_node(start_node, tmp_path):
     """dev_node(mutual) -> an agent set up from `tacet pki dev`'s bundle (node-1's
     certificate, key and token); ``mutual``: it requires the conductor's certificate."""
-    from tests.conductor.test_pki import unpack
+    from tests.conductor.test_pki import initrd_archive, unpack
 
     assert main(["pki", "dev", str(tmp_path / "pki")]) == 0
-    unpack((tmp_path / "pki" / "node-1.cpio").read_bytes(), tmp_path / "root")
+    unpack(initrd_archive(tmp_path / "pki" / "node-1.cpio"), tmp_path / "root")
     etc = tmp_path / "root" / "etc" / "tacet"
 
     async def start(mutual: bool = True):

@@ -5,6 +5,7 @@ and a real mutual-TLS handshake on loopback with the issued certificates."""
 from __future__ import annotations
 
 import datetime
+import gzip
 import ipaddress
 import shutil
 import socket
@@ -59,6 +60,15 @@ def verify_signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
         cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm)
     )
     assert cert.issuer == issuer.subject
+
+
+def initrd_archive(path: Path) -> bytes:
+    """The cpio inside an initrd the CLI wrote: gzip-compressed, as a kernel reads it at
+    any offset (a plain cpio must start 4-byte aligned, which loaders that put initrds
+    back to back do not ensure)."""
+    data = path.read_bytes()
+    assert data[:2] == b"\x1f\x8b", "the initrd is not gzip-compressed"
+    return gzip.decompress(data)
 
 
 def unpack(archive: bytes, into: Path) -> dict[str, tuple[int, int, bytes | None]]:
@@ -431,7 +441,7 @@ def test_cli_node_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert not (record / "server-key.pem").exists()  # the key lives only in the initrd
 
     # The initrd carries the same certificate and token as the record.
-    found = {e_name: data for e_name, data in _members(output.read_bytes())}
+    found = {e_name: data for e_name, data in _members(initrd_archive(output))}
     assert found["etc/tacet/server-cert.pem"].decode() == cert_pem
     assert found["etc/tacet/token"] == f"{token}\n".encode()
 
@@ -468,7 +478,7 @@ def _members(archive: bytes) -> list[tuple[str, bytes]]:
 
 
 def _members_dict(path: Path) -> dict[str, bytes]:
-    return dict(_members(path.read_bytes()))
+    return dict(_members(initrd_archive(path)))
 
 
 def test_cli_output_does_not_leak_the_key(
@@ -497,7 +507,7 @@ def test_bundle_unpacked_by_real_cpio_and_loaded_by_the_agent(
         "-o", output,
     )  # fmt: skip
     assert status == 0
-    found = unpack(output.read_bytes(), tmp_path / "root")
+    found = unpack(initrd_archive(output), tmp_path / "root")
     assert {name: found[name][:2] for name in found} == BUNDLE_FILES
 
     record = directory / "nodes" / "node-1"

@@ -44,6 +44,7 @@ from .harness import (
     ImageServer,
     Ramdisk,
     Shape,
+    UefiVM,
     binding_ok,
     boot_and_wait,
     build_image,
@@ -131,7 +132,7 @@ def passive(
     image = build_image(workdir)
     images = ImageServer({"image.raw": image.path})
     with BackgroundApp(images.app) as server:
-        vm = VM(workdir, ramdisk, VIRTIO, secrets=bundle.cpio())
+        vm = VM(workdir, ramdisk, VIRTIO, secrets=bundle.initrd())
         vm.guestfwds[(IMAGE_HOST, 80)] = server.port
         vm.extra_hostfwds = {p: free_port() for p in PROBED_PORTS if p != AGENT_PORT}
         booted = boot(
@@ -534,7 +535,7 @@ async def test_hardware_shapes(
     tmp_path_factory: pytest.TempPathFactory,
 ):
     workdir = tmp_path_factory.mktemp(shape.name)
-    vm = VM(workdir, ramdisk, shape, secrets=bundle.cpio())
+    vm = VM(workdir, ramdisk, shape, secrets=bundle.initrd())
     try:
         booted = await asyncio.get_running_loop().run_in_executor(
             None,
@@ -564,3 +565,52 @@ def test_harness_fails_loudly_without_a_ramdisk(monkeypatch, tmp_path):
     monkeypatch.setenv("TACET_RAMDISK", str(tmp_path / "missing"))
     with pytest.raises(HarnessError, match="build the ramdisk first"):
         Ramdisk.locate()
+
+
+# --- UEFI: the node's bundle after a ramdisk of any length ---------------------------------
+OVMF_PASSIVE = Shape(
+    "ovmf-passive",
+    machine="q35",
+    mac="52:54:00:7a:e2:61",
+    disk_serial="TCE2EOVMF01",
+    system_serial="SYS-E2E-OVMF",
+    uuid="7ac0e2e0-7ac0-4ac0-8ac0-7ac0000000e6",
+)
+
+
+async def test_uefi_boot_finds_the_bundle_after_an_unaligned_ramdisk(
+    ramdisk: Ramdisk,
+    pki_dir: Path,
+    bundle: pki.NodeBundle,
+    tmp_path_factory: pytest.TempPathFactory,
+):
+    """Under OVMF, iPXE has the kernel's EFI stub load the ramdisk and the node's bundle
+    back to back with no padding, so the bundle starts wherever the ramdisk's length
+    ends. The kernel reads an uncompressed cpio only at a 4-byte aligned offset; the
+    bundle is gzip-compressed so that it is found at any. The ramdisk is given a length
+    of 1 mod 4 here (zero bytes after its zstd frame, which the kernel skips), so that
+    the test does not depend on the length a build happens to have.
+    """
+    workdir = tmp_path_factory.mktemp(OVMF_PASSIVE.name)
+    initramfs = workdir / "unaligned.initramfs"
+    data = ramdisk.initramfs.read_bytes()
+    initramfs.write_bytes(data + bytes((1 - len(data)) % 4))
+    assert initramfs.stat().st_size % 4 == 1
+    unaligned = Ramdisk(ramdisk.kernel, initramfs, ramdisk.build)
+    vm = UefiVM(workdir, unaligned, OVMF_PASSIVE, secrets=bundle.initrd())
+    try:
+        booted = await asyncio.get_running_loop().run_in_executor(
+            None,
+            boot,
+            vm,
+            lambda port: AgentClient(port, mtls_context(pki_dir), server_hostname=NODE),
+        )
+        status, body, der = await booted.client.get("/v1/status")
+    finally:
+        vm.stop()
+    assert status == 200
+    # The per-node certificate (it verified for the node's name against the CA) and the
+    # bundle's token: the bundle was unpacked.
+    assert fingerprint(der) == bundle.fingerprint
+    assert binding_ok(body["binding"], der, bundle.token)
+    assert "Initramfs unpacking failed" not in vm.console_text()

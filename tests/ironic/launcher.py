@@ -236,6 +236,9 @@ class IronicService:
             **NO_PROXY,
             "PATH": f"{self.install.bin}:{os.environ['PATH']}",
             "PYTHONWARNINGS": "ignore",  # its dependencies' deprecation noise
+            # stevedore caches the entry points it found under XDG_CACHE_HOME; one of its
+            # own keeps a plugin installed after an earlier start from being seen.
+            "XDG_CACHE_HOME": str(self.workdir / "cache"),
         }
 
     def write_config(self) -> None:
