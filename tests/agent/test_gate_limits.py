@@ -133,6 +133,9 @@ async def test_a_full_agent_closes_a_storm_connection_for_a_new_peer(limited):
     again_reader, again_writer = await connect(limited, "127.0.0.2", use_tls=False)
     assert await closed_within(again_reader, 2) < 1
     again_writer.close()
+    summary = limited.agent.status()["connections"]
+    assert (summary["max"], summary["refused"], summary["evicted"]) == (4, 1, 1), summary
+    assert summary["open"] == 4  # the storm's three left and the conductor's
     writer.close()
     for _, storm_writer in storm:
         storm_writer.close()
