@@ -35,11 +35,10 @@ UDEV_WAIT = 60.0  # seconds the warm-up keeps looking for a udev daemon that sta
 UDEV_POLL = 0.5
 STORM_CHECK = 5.0  # seconds between looks at whether a connection storm is over
 # The listen backlog, which asyncio also takes as how many connections to accept in one
-# pass of the event loop (create_server listens again with it; its default is 100).
-# Under a connection storm on a slow CPU (the ramdisk under emulation) a pass of 100
-# took about a second, and a conductor's request on its kept-alive connection waited
-# for it; 32 keeps a pass short. Connects beyond it wait in the kernel (SYN retries).
-BACKLOG = 32
+# pass of the event loop (create_server listens again with it; 100 is its default).
+# 32 kept passes short under emulation, but on real CPUs it made the kernel drop more
+# of a storm's connects, and with them now and then a conductor's new connection.
+BACKLOG = 100
 
 
 def live_inventory(config: Config) -> Callable[[], dict[str, Any]]:
