@@ -2,16 +2,20 @@
 
 The guest gets a second NIC on a TAP device inside a network namespace the test creates
 (``tests/e2e/netns.py``); dnsmasq in the namespace gives that NIC its address. The
-storm runs in the namespace: 3,000 idle TCP connections and 100 slow TLS handshakes (a
+storm runs in the namespace: 1,000 idle TCP connections and 100 slow TLS handshakes (a
 ClientHello a byte a second: what a client without a certificate can do against mutual
 TLS), spread over 100 source addresses on the TAP device, each reconnecting as soon as
-the agent closes it. 31 connections per address is under the per-peer cap (64), so what
-holds the storm back is the agent's total cap (512) and its eviction of unsettled
+the agent closes it. 11 connections per address is far under the per-peer cap (64), so
+what holds the storm back is the agent's total cap (512) and its eviction of unsettled
 connections, under the ramdisk's real limits. Meanwhile the conductor polls
 ``/v1/status`` at 1 Hz over the first NIC (QEMU's user network, forwarded from
 127.0.0.1) as Tacet's conductor does, on one kept-alive mutual-TLS connection, and a
-second poller opens a new connection for each poll (measured; see tests/e2e/README.md
-for why it is not bounded at this scale under emulation).
+second poller opens a new connection for each poll (measured, not bounded).
+
+1,000 rather than 3,000 idle connections: under emulation the agent gets through a few
+hundred connections a second, and with 2,000 or 3,000 reconnecting clients its event
+loop fell behind by more than the 1 s the conductor's polls are allowed (figures in
+docs/agent.md). On a real CPU the 3,000-connection storm is ``tests/agent/test_storm.py``.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ GUEST_STORM_IP = "10.250.0.2"
 STORM_MAC = "52:54:00:7a:e2:02"
 STORM_SOURCES = [f"10.250.0.{host}" for host in range(100, 200)]
 TAP = "tap0"
-IDLE, HELLO = 3000, 100
+IDLE, HELLO = 1000, 100
 LEAD = 5.0  # seconds of storm before the first poll: the agent is full by then
 POLLS = 20
 SETTLE = 30.0  # seconds after the storm before the agent's RSS is taken again
@@ -234,7 +238,7 @@ async def test_storm_from_many_addresses_in_the_guest(stormed: Stormed):
     assert len(made) == 1, made  # its connection was never closed to make room
     assert counts["connected"] > IDLE + HELLO, counts  # the agent closed connections...
     # ... at its total cap: full, it refused some newcomers and made room for others.
-    # (No address came near the per-peer cap: 31 connections each, under 64.)
+    # (No address came near the per-peer cap: 11 connections each, under 64.)
     assert cap == 512 and max(open_seen) >= cap * 0.9, (cap, open_seen)
     assert connections["refused"] > 0 and connections["evicted"] > 0, connections
     assert rss_after - rss_before < 20 * MIB // 1024, (rss_before, rss_after)
