@@ -14,6 +14,7 @@ from aiohttp import HttpVersion10, HttpVersion11, web
 from wire.protocol import UNAUTHENTICATED_COMMANDS
 from wire.protocol import fault as wire_fault
 
+from .bodies import body_deadline
 from .commands import CommandError, CommandResult
 from .core import Agent
 from .malformed import MalformedRequests
@@ -299,7 +300,12 @@ async def not_found(request: web.Request) -> web.Response:
 
 def create_app(agent: Agent) -> web.Application:
     app = web.Application(
-        middlewares=[version_middleware, errors_middleware, throttle_middleware],
+        middlewares=[
+            version_middleware,
+            errors_middleware,
+            body_deadline(agent.config.body_timeout, agent.guard),
+            throttle_middleware,
+        ],
         client_max_size=agent.config.max_body_bytes,
         # aiohttp answers unparsable requests itself; this logger handles them instead
         # (agent/malformed.py). Serve through malformed.connections() for the answer.

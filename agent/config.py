@@ -51,6 +51,7 @@ class Config:
     max_connections_per_peer: int = 64
     handshake_timeout: float = 10.0
     header_timeout: float = 10.0  # for a complete request head (slowloris)
+    body_timeout: float = 10.0  # for the whole body, from its head (agent/bodies.py)
     idle_timeout: float = 75.0  # keep-alive; the conductor's pool gives up idle ones at 60 s
     allow_loop_devices: bool = False  # attached loop devices as disks: trying Tacet out
     # ironic inspection (agent/inspection.py) and LLDP, under IPA's names and defaults
@@ -227,6 +228,7 @@ SETTINGS: dict[str, Setting] = {
     "max-connections-per-peer": Setting("max_connections_per_peer", _positive_int),
     "handshake-timeout": Setting("handshake_timeout", _positive_float),
     "header-timeout": Setting("header_timeout", _positive_float),
+    "body-timeout": Setting("body_timeout", _positive_float),
     "idle-timeout": Setting("idle_timeout", _positive_float),
     "allow-loop-devices": Setting("allow_loop_devices", _bool),
     "inspection-callback-url": Setting("inspection_urls", _urls, "ipa-inspection-callback-url"),

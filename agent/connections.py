@@ -131,6 +131,15 @@ class ConnectionTable:
     def __len__(self) -> int:
         return len(self.peers)
 
+    def summary(self) -> dict[str, int]:
+        """Open now, the cap, and since start: refused at once, closed to make room."""
+        return {
+            "open": len(self.peers),
+            "max": self.max_total,
+            "refused": self.counts["refused"],
+            "evicted": self.counts["evicted"],
+        }
+
 
 def descriptors_for(max_connections: int) -> int:
     return max_connections + DESCRIPTOR_HEADROOM

@@ -20,6 +20,7 @@ from wire.certs import spki_sha256
 from . import __version__
 from .commands import CommandResult, Executor, Registry
 from .config import Config
+from .connections import ConnectionTable
 from .guard import Guard
 from .inventory_cache import InventoryCache
 from .power import PowerBackend
@@ -44,6 +45,7 @@ class Agent:
         self.power = power
         self.started_at = time.time()
         self.ssl_context: ssl.SSLContext | None = None
+        self.connections: ConnectionTable | None = None  # the listener's, once it listens
         self.state = StateStore(config.state_dir)
         self.registry = registry
         self.executor = Executor(
@@ -130,6 +132,8 @@ class Agent:
             "certificate_fingerprint": self.identity.fingerprint,
             "rejections": self.guard.summary(),
         }
+        if self.connections is not None:
+            status["connections"] = self.connections.summary()
         if self.claimed_by is not None:
             status["claimed_by"] = self.claimed_by
         if self.config.agent_token:

@@ -34,6 +34,11 @@ NETWORK_POLL = 0.2  # seconds between looks at the host's addresses while waitin
 UDEV_WAIT = 60.0  # seconds the warm-up keeps looking for a udev daemon that starts late
 UDEV_POLL = 0.5
 STORM_CHECK = 5.0  # seconds between looks at whether a connection storm is over
+# The listen backlog, which asyncio also takes as how many connections to accept in one
+# pass of the event loop (create_server listens again with it; 100 is its default).
+# 32 kept passes short under emulation, but on real CPUs it made the kernel drop more
+# of a storm's connects, and with them now and then a conductor's new connection.
+BACKLOG = 100
 
 
 def live_inventory(config: Config) -> Callable[[], dict[str, Any]]:
@@ -246,13 +251,9 @@ class AgentServer:
         await self.runner.setup()
         max_connections = fit_descriptor_limit(config.max_connections)
         table = ConnectionTable(max_connections, config.max_connections_per_peer)
-        self.connections = table
+        self.connections = agent.connections = table
         timeouts = Timeouts(config.handshake_timeout, config.header_timeout)
-        # A backlog as deep as the cap (within the kernel's somaxconn): a burst of
-        # connects waits in the kernel for its turn instead of being dropped.
-        self.sock = listen_socket(
-            config.listen_host, config.listen_port, min(max_connections, 4096)
-        )
+        self.sock = listen_socket(config.listen_host, config.listen_port, BACKLOG)
         context, server = agent.ssl_context, self.runner.server
         assert server is not None
         self.tcp_server = await asyncio.get_running_loop().create_server(
@@ -265,6 +266,7 @@ class AgentServer:
                 table,
             ),
             sock=self.sock,
+            backlog=BACKLOG,
         )
         self.agent = agent
         self.trimmer = asyncio.create_task(self._give_back_after_storms(table))

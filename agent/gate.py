@@ -121,7 +121,15 @@ class TlsGate(asyncio.Protocol):
                 self.guard.refuse(self.peer, "connection", admission.reason, hold_off=False)
                 transport.abort()
                 return
-        asyncio.get_running_loop().create_task(self._start(transport))
+        wait = self.guard.retry_after(self.peer)
+        if wait > 0:  # a peer that keeps failing is slowed down, others are not
+            self.guard.throttled(self.peer)
+            self.timer = asyncio.get_running_loop().call_later(
+                min(wait, MAX_HANDSHAKE_DELAY), self._start, transport
+            )
+        else:
+            # At once, without a task: under a storm every connection's cost counts.
+            self._start(transport)
 
     def data_received(self, data: bytes) -> None:
         if self.state == "waiting":
@@ -185,11 +193,8 @@ class TlsGate(asyncio.Protocol):
             self.app.resume_writing()
 
     # -- the handshake -----------------------------------------------------------------
-    async def _start(self, transport: asyncio.Transport) -> None:
-        wait = self.guard.retry_after(self.peer)
-        if wait > 0:  # a peer that keeps failing is slowed down, others are not
-            self.guard.throttled(self.peer)
-            await asyncio.sleep(min(wait, MAX_HANDSHAKE_DELAY))
+    def _start(self, transport: asyncio.Transport) -> None:
+        self.timer = None
         if transport.is_closing() or self.state != "waiting":
             return
         self.state = "handshake"  # the TLS object waits for the client's first bytes

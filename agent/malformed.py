@@ -39,11 +39,14 @@ CONNECTION: contextvars.ContextVar[asyncio.Transport | None] = contextvars.Conte
 PARENT = logging.getLogger("agent")
 
 
-def answer(message: str) -> bytes:
-    """The whole HTTP/1.1 response: a 400 fault, nothing of the request in it."""
-    body = json.dumps(fault(400, message)).encode()
+REASONS = {400: "Bad Request", 408: "Request Timeout"}
+
+
+def answer(message: str, status: int = 400) -> bytes:
+    """The whole HTTP/1.1 response: a fault, nothing of the request in it."""
+    body = json.dumps(fault(status, message)).encode()
     head = (
-        "HTTP/1.1 400 Bad Request\r\n"
+        f"HTTP/1.1 {status} {REASONS[status]}\r\n"
         "Content-Type: application/json; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n"
         "Connection: close\r\n\r\n"

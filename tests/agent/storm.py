@@ -9,6 +9,7 @@ hardest case, since every poll needs a slot while the agent is full.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -122,6 +123,8 @@ class StormCounts:
     connected: int = 0
     closed_by_agent: int = 0  # refused at once, evicted or timed out
     connect_failures: int = 0
+    open_now: int = 0  # connections the storm holds open (connected, not yet closed)
+    open_peak: int = 0
     polls: list[float] = field(default_factory=list)  # seconds per answered poll
     failed_polls: list[str] = field(default_factory=list)
 
@@ -134,10 +137,24 @@ class StormCounts:
         return statistics.median(self.polls) if self.polls else 0.0
 
 
+def client_hello() -> bytes:
+    """The first flight of a TLS client: what a slow handshake drips."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO())
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
 class Storm:
     """``idle`` TCP connections that never speak, ``tls_idle`` TLS ones that never send a
-    request and ``slowloris`` ones sending a request head a byte at a time; each one
-    reconnects when the agent closes it, until ``stop``."""
+    request, ``slowloris`` ones sending a request head a byte at a time and ``hello``
+    ones sending a TLS ClientHello a byte at a time (a slow handshake: all a client
+    without credentials gets to do against mutual TLS); each one reconnects when the
+    agent closes it, until ``stop``. Connections come from ``sources`` in turn, or from
+    127.0.0.2 and up, ``per_address`` each."""
 
     def __init__(
         self,
@@ -147,19 +164,29 @@ class Storm:
         slowloris: int,
         per_address: int = 50,
         drip: float = 1.0,
+        host: str = "127.0.0.1",
+        sources: list[str] | None = None,
+        hello: int = 0,
     ) -> None:
+        self.host = host
         self.port = port
+        self.sources = sources or []
         self.counts = StormCounts()
         self.stopping = asyncio.Event()
         self.per_address = per_address
-        self.drip = drip
-        self.plan = ["idle"] * idle + ["tls"] * tls_idle + ["slowloris"] * slowloris
+        self.drip_every = drip
+        self.plan = (
+            ["idle"] * idle + ["tls"] * tls_idle + ["slowloris"] * slowloris + ["hello"] * hello
+        )
         self.context = ssl.create_default_context()
         self.context.check_hostname = False
         self.context.verify_mode = ssl.CERT_NONE  # the storm does not care who answers
+        self.hello = client_hello()
         self.tasks: list[asyncio.Task[None]] = []
 
     def source(self, index: int) -> str:
+        if self.sources:
+            return self.sources[index % len(self.sources)]
         return f"127.0.{2 + index // self.per_address // 250}.{2 + index // self.per_address % 250}"
 
     async def start(self) -> None:
@@ -182,16 +209,21 @@ class Storm:
             try:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(
-                        "127.0.0.1",
+                        self.host,
                         self.port,
-                        ssl=self.context if kind != "idle" else None,
+                        ssl=self.context if kind in ("tls", "slowloris") else None,
                         local_addr=(source, 0),
                     ),
                     15,
                 )
                 self.counts.connected += 1
+                self.counts.open_now += 1
+                self.counts.open_peak = max(self.counts.open_peak, self.counts.open_now)
                 if kind == "slowloris":
-                    await self.drip_head(reader, writer)
+                    head = b"GET /v1/status HTTP/1.1\r\nHost: agent\r\nX-Slow: " + b"a" * 4000
+                    await self.drip(reader, writer, head)
+                elif kind == "hello":
+                    await self.drip(reader, writer, self.hello)
                 else:
                     await reader.read()  # until the agent closes it
                 self.counts.closed_by_agent += 1
@@ -200,16 +232,19 @@ class Storm:
                 await asyncio.sleep(0.5)
             finally:
                 if writer is not None:
+                    self.counts.open_now -= 1
                     writer.transport.abort()
 
-    async def drip_head(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = b"GET /v1/status HTTP/1.1\r\nHost: agent\r\nX-Slow: " + b"a" * 4000
-        for byte in head:
+    async def drip(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes
+    ) -> None:
+        """``data`` a byte every ``drip`` seconds, until the agent closes the connection."""
+        for byte in data:
             if self.stopping.is_set():
                 return
             writer.write(bytes([byte]))
             with contextlib.suppress(asyncio.TimeoutError):
-                if await asyncio.wait_for(reader.read(1), self.drip) == b"":
+                if await asyncio.wait_for(reader.read(1), self.drip_every) == b"":
                     return  # closed by the agent
 
 
@@ -287,11 +322,20 @@ async def status_json(agent: AgentProcess) -> dict:
     return json.loads(match.group(0)) if match else {}
 
 
-async def storm_main(port: int, idle: int, tls_idle: int, slowloris: int, seconds: float) -> None:
-    raise_descriptor_limit(idle + tls_idle + slowloris + 256)
-    storm = Storm(port, idle, tls_idle, slowloris)
+async def storm_main(arguments: argparse.Namespace) -> None:
+    total = arguments.idle + arguments.tls_idle + arguments.slowloris + arguments.hello
+    raise_descriptor_limit(total + 256)
+    storm = Storm(
+        arguments.port,
+        arguments.idle,
+        arguments.tls_idle,
+        arguments.slowloris,
+        host=arguments.host,
+        sources=arguments.sources.split(",") if arguments.sources else None,
+        hello=arguments.hello,
+    )
     await storm.start()
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(arguments.seconds)
     await storm.stop()  # a client task that ignores its cancellation is left behind
     counts = storm.counts
     print(
@@ -300,15 +344,26 @@ async def storm_main(port: int, idle: int, tls_idle: int, slowloris: int, second
                 "connected": counts.connected,
                 "closed_by_agent": counts.closed_by_agent,
                 "connect_failures": counts.connect_failures,
+                "open_peak": counts.open_peak,
             }
         ),
         flush=True,
     )
 
 
+def storm_arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="a connection storm; prints its counts (JSON)")
+    for name in ("port", "idle", "tls_idle", "slowloris"):
+        parser.add_argument(name, type=int)
+    parser.add_argument("seconds", type=float)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--sources", default="", help="source addresses, comma-separated")
+    parser.add_argument("--hello", type=int, default=0, help="slow TLS handshakes")
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
-    port, idle, tls_idle, slowloris = (int(arg) for arg in sys.argv[1:5])
-    asyncio.run(storm_main(port, idle, tls_idle, slowloris, float(sys.argv[5])))
+    asyncio.run(storm_main(storm_arguments(sys.argv[1:])))
     os._exit(0)  # not waiting on connections the storm left behind
 
 

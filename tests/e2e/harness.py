@@ -138,6 +138,9 @@ class VM:
     guestfwds: dict[tuple[str, int], int] = field(default_factory=dict)
     extra_hostfwds: dict[int, int] = field(default_factory=dict)  # guest port -> host port
     host_port: int = 0
+    # More devices (a second NIC), and the descriptors QEMU inherits for them (a TAP's).
+    extra_args: list[str] = field(default_factory=list)
+    pass_fds: tuple[int, ...] = ()
     # "http": iPXE gets its script by TFTP (DHCP + TFTP from QEMU, like a data centre's
     # PXE) and the kernel and initrds over HTTP from a host server through guestfwd, which
     # is how iPXE is used in practice; "tftp": everything by TFTP (slirp's TFTP sends
@@ -206,6 +209,7 @@ class VM:
             *s.device_args(self.disk),
             "-fw_cfg",
             f"name=etc/sercon-port,file={sercon}",
+            *self.extra_args,
             "-boot",
             "n",
         ]
@@ -255,6 +259,7 @@ class VM:
             stdin=subprocess.DEVNULL,
             stdout=(self.workdir / "qemu.out").open("wb"),
             stderr=subprocess.STDOUT,
+            pass_fds=self.pass_fds,
         )
         watcher = threading.Thread(
             target=self._watch_console, args=(self.process, self.milestones), daemon=True
@@ -437,30 +442,37 @@ class AgentClient:
 
 
 class GuestCrashedEarly(HarnessError):
-    """The guest's kernel panicked before it ran /init: nothing of Tacet had run yet."""
+    """The guest's kernel panicked before the agent answered."""
 
 
 def boot_and_wait(vm: VM, client_for: Callable[[int], AgentClient]) -> tuple[AgentClient, float]:
     """Start the guest and wait for its agent; (client, seconds since QEMU started).
 
-    One more boot when the guest's kernel panicked before /init. QEMU 7.2's TCG with two
-    vCPUs now and then lets the kernel trip over its own int3 code patching during early
-    boot ("Oops: int3" in sched_clock_cpu, seen twice in ~60 boots here); the ramdisk has
-    not run then. Said loudly in the log; a second panic fails.
+    One more boot when the guest's kernel panicked before the agent answered. QEMU 7.2's
+    TCG with two vCPUs now and then lets the kernel trip over its own int3 code patching
+    ("Oops: int3" in sched_clock_cpu during early boot, seen twice in ~60 boots here,
+    and once in cgroup code after /init). Said loudly in the log, with the panic's lines
+    and whether /init had run; a second panic fails.
     """
     for attempt in (1, 2):
         vm.start()
         try:
             client = client_for(vm.host_port)
             return client, asyncio.run(wait_for_agent(vm, client))
-        except GuestCrashedEarly as exc:
+        except GuestCrashedEarly:
             vm.stop()
             if attempt == 2:
                 raise
-            oops = [line for line in str(exc).splitlines() if "Oops" in line or "RIP" in line]
+            console = vm.console_text()
+            when = "after /init" if "Run /init" in console else "before /init"
+            oops = [
+                line.strip()
+                for line in console.splitlines()
+                if any(mark in line for mark in ("Oops", "RIP:", "Kernel panic"))
+            ]
             print(
-                f"e2e: {vm.shape.name}: guest kernel panicked before /init, booting it again:"
-                f" {' | '.join(oops[:2])}",
+                f"e2e: {vm.shape.name}: GUEST KERNEL PANIC {when}, before the agent answered;"
+                f" booting it again: {' | '.join(oops[:3])}",
                 flush=True,
             )
         except BaseException:
@@ -492,9 +504,10 @@ async def wait_for_agent(vm: VM, client: AgentClient, timeout: float = BOOT_TIME
         while time.monotonic() < deadline:
             if vm.exited():
                 console = vm.console_text()  # (the milestone watcher may have missed the end)
-                if "Kernel panic" in console and "Run /init" not in console:
+                if "Kernel panic" in console:
                     raise GuestCrashedEarly(
-                        f"the guest kernel panicked before /init; console tail:\n{vm.tail()}"
+                        "the guest kernel panicked before the agent answered; console tail:\n"
+                        + vm.tail()
                     )
                 raise HarnessError(f"QEMU exited while booting; console tail:\n{vm.tail()}")
             banner = vm.since_start("agent") is not None

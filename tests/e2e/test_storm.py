@@ -1,0 +1,250 @@
+"""A connection storm from many addresses against the agent in the guest.
+
+The guest gets a second NIC on a TAP device inside a network namespace the test creates
+(``tests/e2e/netns.py``); dnsmasq in the namespace gives that NIC its address. The
+storm runs in the namespace: 1,000 idle TCP connections and 100 slow TLS handshakes (a
+ClientHello a byte a second: what a client without a certificate can do against mutual
+TLS), spread over 100 source addresses on the TAP device, each reconnecting as soon as
+the agent closes it. 11 connections per address is far under the per-peer cap (64), so
+what holds the storm back is the agent's total cap (512) and its eviction of unsettled
+connections, under the ramdisk's real limits. Meanwhile the conductor polls
+``/v1/status`` at 1 Hz over the first NIC (QEMU's user network, forwarded from
+127.0.0.1) as Tacet's conductor does, on one kept-alive mutual-TLS connection, and a
+second poller opens a new connection for each poll (measured, not bounded).
+
+1,000 rather than 3,000 idle connections: under emulation the agent gets through a few
+hundred connections a second, and with 2,000 or 3,000 reconnecting clients its event
+loop fell behind by more than the 1 s the conductor's polls are allowed (figures in
+docs/agent.md). On a real CPU the 3,000-connection storm is ``tests/agent/test_storm.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from conductor import pki
+from tests.agent.storm import ROOT
+
+from .conftest import NODE
+from .harness import AGENT_PORT, VM, AgentClient, Ramdisk, report
+from .netns import Namespace, require_namespace_tools
+from .test_ramdisk import VIRTIO, agent_facts, boot, mtls_context
+
+pytestmark = pytest.mark.e2e
+
+STORM_NET = ipaddress.IPv4Network("10.250.0.0/24")
+DHCP_SERVER = "10.250.0.1"
+GUEST_STORM_IP = "10.250.0.2"
+STORM_MAC = "52:54:00:7a:e2:02"
+STORM_SOURCES = [f"10.250.0.{host}" for host in range(100, 200)]
+TAP = "tap0"
+IDLE, HELLO = 1000, 100
+LEAD = 5.0  # seconds of storm before the first poll: the agent is full by then
+POLLS = 20
+SETTLE = 30.0  # seconds after the storm before the agent's RSS is taken again
+MIB = 1024 * 1024
+
+
+@dataclass
+class Stormed:
+    vm: VM
+    client: AgentClient
+    namespace: Namespace
+
+
+@pytest.fixture(scope="module")
+def stormed(
+    ramdisk: Ramdisk,
+    pki_dir: Path,
+    bundle: pki.NodeBundle,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stormed]:
+    try:
+        require_namespace_tools()
+    except AssertionError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    workdir = tmp_path_factory.mktemp("storm")
+    with Namespace(f"tacet-storm-{os.getpid()}") as namespace:
+        namespace.add_tap(TAP, STORM_NET, [DHCP_SERVER, *STORM_SOURCES])
+        tap = namespace.open_tap(TAP)
+        try:
+            namespace.serve_dhcp(TAP, (STORM_MAC, GUEST_STORM_IP), DHCP_SERVER, workdir)
+            vm = VM(
+                workdir,
+                ramdisk,
+                VIRTIO,
+                secrets=bundle.initrd(),
+                extra_args=[
+                    "-netdev",
+                    f"tap,id=n1,fd={tap}",
+                    # No option ROM: iPXE boots from the first NIC only.
+                    "-device",
+                    f"virtio-net-pci,netdev=n1,mac={STORM_MAC},romfile=",
+                ],
+                pass_fds=(tap,),
+            )
+            booted = boot(
+                vm, lambda port: AgentClient(port, mtls_context(pki_dir), server_hostname=NODE)
+            )
+            try:
+                seconds = namespace.wait_for_listener(GUEST_STORM_IP, AGENT_PORT, 120)
+                report("storm NIC: agent reachable after its first answer", f"{seconds:.1f} s")
+                yield Stormed(vm, booted.client, namespace)
+            finally:
+                vm.stop()
+        finally:
+            os.close(tap)
+
+
+async def poll(get: Callable[[], Awaitable[int]], polls: int, label: str) -> list[float]:
+    """``polls`` GET /v1/status at 1 Hz; their seconds, or infinity for a poll that failed
+    (the connection, its TLS handshake or the answer)."""
+    latencies: list[float] = []
+    for _ in range(polls):
+        started = time.monotonic()
+        try:
+            status = await asyncio.wait_for(get(), 30)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            print(
+                f"e2e: storm: {label} poll failed after {time.monotonic() - started:.1f} s: {exc!r}"
+            )
+            status = 0
+        latencies.append(time.monotonic() - started if status == 200 else math.inf)
+        await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+    return latencies
+
+
+def summary(latencies: list[float]) -> str:
+    answered = [latency for latency in latencies if latency < math.inf]
+    return (
+        f"{len(answered)} of {len(latencies)} answered, max {max(answered, default=0) * 1000:.0f}"
+        f" ms, median {sorted(latencies)[len(latencies) // 2] * 1000:.0f} ms; each (ms): "
+        + " ".join(f"{latency * 1000:.0f}" for latency in latencies)
+    )
+
+
+async def test_storm_from_many_addresses_in_the_guest(stormed: Stormed):
+    client = stormed.client
+    rss_before, lines_before = await agent_facts(client)
+    _, status = await client.get_json("/v1/status")
+    rejections_before = status.get("rejections", {})
+    connections_before = status["connections"]
+    # The conductor as Tacet's polls: one kept-alive connection (conductor/http.py's Pool),
+    # already in use when the storm begins; every new connection it had to make counted.
+    made: list[float] = []
+
+    async def connection_made(*_: object) -> None:
+        made.append(time.monotonic())
+
+    tracing = aiohttp.TraceConfig()
+    tracing.on_connection_create_end.append(connection_made)
+    conductor = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=client.context, keepalive_timeout=60),
+        timeout=aiohttp.ClientTimeout(total=30, sock_connect=5),
+        trace_configs=[tracing],
+    )
+
+    open_seen: list[int] = []  # the agent's open connections, as each poll found them
+    last: dict[str, Any] = {}  # the last status answered
+
+    async def kept_alive() -> int:
+        async with conductor.get(
+            client.base + "/v1/status", server_hostname=client.server_hostname
+        ) as response:
+            last.update(await response.json())
+            open_seen.append(last["connections"]["open"])
+            return response.status
+
+    async def new_connection() -> int:
+        return (await client.get_json("/v1/status"))[0]
+
+    seconds = LEAD + POLLS + 1
+    async with conductor:
+        assert await kept_alive() == 200
+        storm = await asyncio.create_subprocess_exec(
+            *stormed.namespace.command(
+                sys.executable,
+                "-m",
+                "tests.agent.storm",
+                str(AGENT_PORT),
+                str(IDLE),
+                "0",
+                "0",
+                str(seconds),
+                "--host",
+                GUEST_STORM_IP,
+                "--sources",
+                ",".join(STORM_SOURCES),
+                "--hello",
+                str(HELLO),
+            ),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            await asyncio.sleep(LEAD)
+            kept, fresh = await asyncio.gather(
+                poll(kept_alive, POLLS, "kept-alive"),
+                delayed(0.5, poll(new_connection, POLLS, "new-connection")),
+            )
+            output, _ = await asyncio.wait_for(storm.communicate(), seconds + 60)
+        finally:
+            if storm.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    storm.kill()
+                await storm.wait()
+        assert await kept_alive() == 200
+    counts = json.loads(output)
+    status = last
+    rejections = {
+        layer: count - rejections_before.get(layer, 0)
+        for layer, count in status.get("rejections", {}).items()
+    }
+    connections = {
+        key: status["connections"][key] - connections_before[key] for key in ("refused", "evicted")
+    }
+    cap = status["connections"]["max"]
+    report("many-address storm: clients", f"{IDLE} idle TCP + {HELLO} slow TLS handshakes")
+    report("many-address storm: source addresses", str(len(STORM_SOURCES)))
+    report("many-address storm: storm's view", json.dumps(counts))
+    report("many-address storm: agent rejections", json.dumps(rejections))
+    report(
+        "many-address storm: agent connections",
+        f"cap {cap}, open at the polls max {max(open_seen)}, refused {connections['refused']},"
+        f" evicted {connections['evicted']}",
+    )
+    report("many-address storm: kept-alive conductor polls", summary(kept))
+    report("many-address storm: kept-alive conductor connections made", str(len(made)))
+    report("many-address storm: new-connection polls", summary(fresh))
+    await asyncio.sleep(SETTLE)
+    rss_after, lines_after = await agent_facts(client)
+    report("many-address storm: agent RSS before/after", f"{rss_before}/{rss_after} KiB")
+    report("many-address storm: agent log lines", str(lines_after - lines_before))
+    assert max(kept) < 1.0, kept
+    assert len(made) == 1, made  # its connection was never closed to make room
+    assert counts["connected"] > IDLE + HELLO, counts  # the agent closed connections...
+    # ... at its total cap: full, it refused some newcomers and made room for others.
+    # (No address came near the per-peer cap: 11 connections each, under 64.)
+    assert cap == 512 and max(open_seen) >= cap * 0.9, (cap, open_seen)
+    assert connections["refused"] > 0 and connections["evicted"] > 0, connections
+    assert rss_after - rss_before < 20 * MIB // 1024, (rss_before, rss_after)
+    assert lines_after - lines_before < 100, (lines_before, lines_after)
+
+
+async def delayed(seconds: float, work: Awaitable[list[float]]) -> list[float]:
+    await asyncio.sleep(seconds)
+    return await work
