@@ -7,6 +7,7 @@ the key and its source.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -53,7 +54,8 @@ class Config:
     header_timeout: float = 10.0  # for a complete request head (slowloris)
     body_timeout: float = 10.0  # for the whole body, from its head (agent/bodies.py)
     idle_timeout: float = 75.0  # keep-alive; the conductor's pool gives up idle ones at 60 s
-    allow_loop_devices: bool = False  # attached loop devices as disks: trying Tacet out
+    # Attached loop devices as disks, for trying Tacet out: all (True) or only these names.
+    allow_loop_devices: bool | tuple[str, ...] = False
     # ironic inspection (agent/inspection.py) and LLDP, under IPA's names and defaults
     inspection_urls: tuple[str, ...] = ()
     inspection_collectors: tuple[str, ...] = ("default", "logs")
@@ -120,6 +122,9 @@ def _seconds(text: str) -> float:
     return number
 
 
+LOOP_NAME = re.compile(r"loop[0-9]+")
+
+
 def _bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -127,6 +132,18 @@ def _bool(text: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError("must be true/false (or 1/0)")
+
+
+def _loop_devices(text: str) -> bool | tuple[str, ...]:
+    """true/false, or the only loop devices to see (``loop3,loop4``; ``/dev/`` optional)."""
+    try:
+        return _bool(text)
+    except ValueError:
+        pass
+    names = tuple(part.strip().removeprefix("/dev/") for part in text.split(",") if part.strip())
+    if not names or not all(LOOP_NAME.fullmatch(name) for name in names):
+        raise ValueError("must be true/false or loop device names (loop3,loop4)")
+    return names
 
 
 def _urls(text: str) -> tuple[str, ...]:
@@ -230,7 +247,7 @@ SETTINGS: dict[str, Setting] = {
     "header-timeout": Setting("header_timeout", _positive_float),
     "body-timeout": Setting("body_timeout", _positive_float),
     "idle-timeout": Setting("idle_timeout", _positive_float),
-    "allow-loop-devices": Setting("allow_loop_devices", _bool),
+    "allow-loop-devices": Setting("allow_loop_devices", _loop_devices),
     "inspection-callback-url": Setting("inspection_urls", _urls, "ipa-inspection-callback-url"),
     "inspection-collectors": Setting(
         "inspection_collectors", _patterns, "ipa-inspection-collectors"
@@ -346,7 +363,7 @@ def load_config(
             name = IRONIC_NAMES[key]
         else:
             continue  # other kernel parameters are not ours
-        if raw == "" and SETTINGS[name].parse is _bool:
+        if raw == "" and SETTINGS[name].parse in (_bool, _loop_devices):
             raw = "true"  # a bare flag such as ``ipa-debug`` means on
         _apply(values, origins, name, raw, KERNEL, key)
     config = Config(cmdline=cmdline.strip(), config_dir=config_dir, state_dir=state_dir, **values)

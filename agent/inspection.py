@@ -174,7 +174,7 @@ async def collect(agent: Agent, addresses: Addresses = live_addresses) -> dict[s
         except Exception as exc:  # IPA too sends its data without logs then
             LOG.warning("inspection: cannot collect the logs: %s", exc)
     return inspection_data(
-        inventory, config.inspection_collectors, config.allow_loop_devices, logs, pci
+        inventory, config.inspection_collectors, bool(config.allow_loop_devices), logs, pci
     )
 
 

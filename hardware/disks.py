@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 from .model import Disk
@@ -25,6 +26,13 @@ def is_multipath_map(record: UdevRecord, dm_uuid: str | None) -> bool:
 def is_loop_device(device: str) -> bool:
     """``/dev/loop3`` or ``loop3`` (not one of its partitions)."""
     return bool(LOOP_NAME.match(device.removeprefix("/dev/")))
+
+
+def loop_device_allowed(device: str, allowed: bool | Collection[str]) -> bool:
+    """Whether a loop device is seen: all of them (True), none (False), or those named."""
+    if isinstance(allowed, bool):
+        return allowed
+    return device.removeprefix("/dev/") in {name.removeprefix("/dev/") for name in allowed}
 
 
 def hctl_from_devpath(devpath: str) -> str | None:
@@ -74,9 +82,12 @@ def _first(*values: str | None) -> str | None:
 
 
 class DiskCollector:
-    def __init__(self, sysfs: Path, udev: UdevSource, allow_loop_devices: bool = False) -> None:
+    def __init__(
+        self, sysfs: Path, udev: UdevSource, allow_loop_devices: bool | Collection[str] = False
+    ) -> None:
         """``allow_loop_devices``: attached loop devices (with a backing file) count as
-        disks, for trying things out on a machine without a spare disk."""
+        disks, all of them (True) or only those named, for trying things out on a
+        machine without a spare disk."""
         self.sysfs = sysfs
         self.udev = udev
         self.allow_loop_devices = allow_loop_devices
@@ -102,7 +113,7 @@ class DiskCollector:
         name = record.devname.removeprefix("/dev/")
         props = record.properties
         directory = self._dir(record)
-        if self.allow_loop_devices and is_loop_device(name):
+        if is_loop_device(name) and loop_device_allowed(name, self.allow_loop_devices):
             backing = read_stripped(directory / "loop" / "backing_file")
             return bool(backing) and bool(read_int(directory / "size"))
         if EXCLUDED_NAME.match(name) or props.get("MAJOR") in EXCLUDED_MAJORS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -29,7 +29,9 @@ DEFAULT_TIMEOUT = 10.0
 
 
 def collectors(
-    sources: Sources, lldp_timeout: float | None = None, allow_loop_devices: bool = False
+    sources: Sources,
+    lldp_timeout: float | None = None,
+    allow_loop_devices: bool | Collection[str] = False,
 ) -> dict[str, Callable[[], Any]]:
     """Inventory part name to a zero-argument function that collects it."""
     facts = functools.cache(sources.facts)  # several parts need it; read the host once
@@ -64,7 +66,7 @@ def collect_inventory(
     sources: Sources | None = None,
     timeouts: dict[str, float] | None = None,
     lldp_timeout: float | None = None,
-    allow_loop_devices: bool = False,
+    allow_loop_devices: bool | Collection[str] = False,
 ) -> Inventory:
     """The IPA-compatible inventory; a failed or slow part becomes null, and is logged.
 

@@ -100,7 +100,9 @@ async def write_image(
     drive = await fetch_configdrive(configdrive, image_info) if configdrive else None
     inventory = await agent.inventory.get(refresh=True)
     disk = choose_disk(
-        inventory, {"node": node} if node else agent.node_info, agent.config.allow_loop_devices
+        inventory,
+        {"node": node} if node else agent.node_info,
+        bool(agent.config.allow_loop_devices),
     )
     try:
         provision.check_not_in_use(disk.name)

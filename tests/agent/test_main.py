@@ -7,6 +7,7 @@ import re
 import pytest
 
 from agent.__main__ import load, main, parser
+from agent.config import ConfigError
 
 
 def test_help_is_plain_text(capsys):
@@ -25,13 +26,19 @@ def test_help_is_plain_text(capsys):
         (["--allow-loop-devices"], "quiet", True, "--allow-loop-devices"),
         ([], "tacet.allow-loop-devices=1", True, "kernel command line"),
         ([], "tacet.allow-loop-devices", True, "kernel command line"),  # a bare flag
+        (
+            [],
+            "tacet.allow-loop-devices=loop3,/dev/loop12",
+            ("loop3", "loop12"),
+            "kernel command line",
+        ),
     ],
 )
 def test_allow_loop_devices(tmp_path, argv, cmdline, allowed, origin):
     (tmp_path / "cmdline").write_text(cmdline + "\n")
     args = parser().parse_args(["--cmdline-file", str(tmp_path / "cmdline"), *argv])
     config = load(args, tmp_path / "etc")
-    assert config.allow_loop_devices is allowed
+    assert config.allow_loop_devices == allowed and type(config.allow_loop_devices) is type(allowed)
     assert config.origins["allow_loop_devices"] == origin
 
 
@@ -43,3 +50,11 @@ def test_allow_loop_devices_in_a_toml_file(tmp_path):
     config = load(args, tmp_path / "etc")
     assert config.allow_loop_devices
     assert config.origins["allow_loop_devices"] == str(tmp_path / "etc" / "try.toml")
+
+
+@pytest.mark.parametrize("value", ["sda", "loop", "loop3,nvme0n1", ","])
+def test_allow_loop_devices_names_only_loop_devices(tmp_path, value):
+    (tmp_path / "cmdline").write_text(f"tacet.allow-loop-devices={value}\n")
+    args = parser().parse_args(["--cmdline-file", str(tmp_path / "cmdline")])
+    with pytest.raises(ConfigError, match="must be true/false or loop device names"):
+        load(args, tmp_path / "etc")

@@ -55,3 +55,17 @@ async def test_erase_skips_loop_devices_without_the_opt_in(loop_devices, agent_w
     assert result["command_status"] == "SUCCEEDED", result
     assert result["command_result"]["clean_result"] == {"erased": {}, "skipped": [disk]}
     assert read(disk, 6) == b"BEFORE"
+
+
+def test_named_loop_devices_are_the_only_ones_listed(loop_devices, tmp_path):
+    """``allow-loop-devices=loopN``: a test or a trial sees its own loop device, not every
+    one attached on the machine (whose erase steps would wipe them all)."""
+    mine, other = loop_devices(5 * GIB), loop_devices(5 * GIB)
+    config = Config(state_dir=tmp_path / "state", allow_loop_devices=(mine,))
+    names = [d["name"] for d in live_inventory(config)()["disks"] or []]
+    assert mine in names
+    assert other not in names
+    by_short_name = Config(
+        state_dir=tmp_path / "state", allow_loop_devices=(mine.removeprefix("/dev/"),)
+    )
+    assert mine in [d["name"] for d in live_inventory(by_short_name)()["disks"] or []]

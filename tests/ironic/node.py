@@ -4,8 +4,8 @@
 detaches it again. :class:`LocalAgent` is one "boot of the ramdisk": ``tacet-agent`` in
 active mode (``ipa-api-url``) as a local process, with a fresh state directory (a
 ramdisk's /run is new on every boot), power actions only logged (``--power-backend
-recording``: ironic's fake power driver does the "real" power changes) and
-``--allow-loop-devices``.
+recording``: ironic's fake power driver does the "real" power changes) and the setting
+``allow-loop-devices`` naming the test's loop device, the only one it may use.
 
 The agent runs in a private mount namespace (``unshare --mount``) in which
 ``/sys/class/block`` and ``/sys/block`` list only the test's loop device. Erase steps
@@ -203,15 +203,14 @@ class LocalAgent:
             str(self.workdir / "state"),
             "--power-backend",
             "recording",
-            "--allow-loop-devices",
         ]
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "etc").mkdir(mode=0o700, exist_ok=True)
-        if self.settings:
-            lines = [f"{key} = {json.dumps(value)}" for key, value in self.settings.items()]
-            (self.workdir / "etc" / "50-test.toml").write_text("\n".join(lines) + "\n")
+        settings = {"allow-loop-devices": self.disk.name, **self.settings}
+        lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+        (self.workdir / "etc" / "50-test.toml").write_text("\n".join(lines) + "\n")
         (self.workdir / "cmdline").write_text(self.cmdline() + "\n")
         view = ["sh", "-c", ONE_DISK_VIEW, "sh", self.disk.name, str(self.disk.sysfs_dir())]
         with self.log.open("ab") as out:
