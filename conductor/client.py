@@ -394,6 +394,29 @@ class Inventory:
     def disk_serials(self) -> frozenset[str]:
         return frozenset(str(d["serial"]) for d in self.disks if d.get("serial"))
 
+    def differences(
+        self,
+        macs: frozenset[str],
+        system_serial: str | None = None,
+        system_uuid: str | None = None,
+        disk_serials: frozenset[str] = frozenset(),
+    ) -> list[str]:
+        """What this inventory says that does not fit the expected machine (empty: it is
+        the machine); one place for Tacet's poller and the ironic plugin alike."""
+        problems = []
+        missing = sorted(macs - self.macs)
+        if missing:
+            seen = ", ".join(sorted(self.macs)) or "none"
+            problems.append(f"MAC(s) {', '.join(missing)} not present (the agent has: {seen})")
+        if system_serial and system_serial != self.system_serial:
+            problems.append(f"system serial is {self.system_serial!r}, expected {system_serial!r}")
+        if system_uuid and system_uuid.lower() != str(self.system_uuid or "").lower():
+            problems.append(f"system UUID is {self.system_uuid!r}, expected {system_uuid!r}")
+        missing_disks = sorted(disk_serials - self.disk_serials)
+        if missing_disks:
+            problems.append(f"disk serial(s) {', '.join(missing_disks)} not present")
+        return problems
+
 
 @dataclass(frozen=True)
 class PartitionUuids:

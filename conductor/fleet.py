@@ -614,21 +614,10 @@ def steps_of(spec: NodeSpec) -> list[str]:
 
 def identity_differences(spec: NodeSpec, inventory: Any) -> list[str]:
     """What the agent's inventory says that does not fit the expected node."""
-    problems = []
-    missing = sorted(spec.macs - inventory.macs)
-    if missing:
-        seen = ", ".join(sorted(inventory.macs)) or "none"
-        problems.append(f"MAC(s) {', '.join(missing)} not present (seen: {seen})")
-    if spec.system_serial and spec.system_serial != inventory.system_serial:
-        problems.append(
-            f"system serial is {inventory.system_serial!r}, expected {spec.system_serial!r}"
-        )
-    if spec.system_uuid and spec.system_uuid.lower() != str(inventory.system_uuid or "").lower():
-        problems.append(f"system UUID is {inventory.system_uuid!r}, expected {spec.system_uuid!r}")
-    missing_disks = sorted(spec.disk_serials - inventory.disk_serials)
-    if missing_disks:
-        problems.append(f"disk serial(s) {', '.join(missing_disks)} not present")
-    return problems
+    differences: list[str] = inventory.differences(
+        spec.macs, spec.system_serial, spec.system_uuid, spec.disk_serials
+    )
+    return differences
 
 
 class NodeRun:

@@ -42,22 +42,7 @@ class Identity:
 
 def identity_problems(expected: Identity, inventory: Inventory) -> list[str]:
     """What the inventory says that does not fit the node (empty: it is the node)."""
-    problems = []
-    missing = sorted(expected.macs - inventory.macs)
-    if missing:
-        seen = ", ".join(sorted(inventory.macs)) or "none"
-        problems.append(f"MAC(s) {', '.join(missing)} not present (the agent has: {seen})")
-    if expected.system_serial and expected.system_serial != inventory.system_serial:
-        problems.append(
-            f"system serial is {inventory.system_serial!r}, expected {expected.system_serial!r}"
-        )
-    if expected.system_uuid and (
-        expected.system_uuid.lower() != str(inventory.system_uuid or "").lower()
-    ):
-        problems.append(
-            f"system UUID is {inventory.system_uuid!r}, expected {expected.system_uuid!r}"
-        )
-    return problems
+    return inventory.differences(expected.macs, expected.system_serial, expected.system_uuid)
 
 
 @dataclass(frozen=True)

@@ -170,7 +170,7 @@ async def test_fleet_done_refused_and_unreachable(
 
     assert nodes["stranger"]["state"] == "failed"
     assert nodes["stranger"]["step"] == "identify"
-    assert f"MAC(s) {mac(5)} not present (seen: {mac(1)})" in nodes["stranger"]["reason"]
+    assert f"MAC(s) {mac(5)} not present (the agent has: {mac(1)})" in nodes["stranger"]["reason"]
     assert not written(stranger) and stranger.power.calls == []
     assert stranger.agent.node_info is None  # refused before set_node_info
 
