@@ -27,6 +27,8 @@ from pathlib import Path
 
 import psutil
 
+from tests.local_agent import agent_argv
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 POLLER = "127.0.0.1"
 
@@ -55,19 +57,7 @@ class AgentProcess:
         self.log_path = tmp / "agent.log"
         self.log = self.log_path.open("w")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agent",
-                "--cmdline-file",
-                str(tmp / "cmdline"),
-                "--config-dir",
-                str(tmp / "etc"),
-                "--state-dir",
-                str(tmp / "state"),
-                "--power-backend",
-                "recording",
-            ],
+            agent_argv(tmp),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=self.log,

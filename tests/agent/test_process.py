@@ -20,6 +20,7 @@ from typing import ClassVar
 import psutil
 
 from tests.agent.conftest import start
+from tests.local_agent import agent_argv
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 NODE_INFO = {
@@ -42,19 +43,7 @@ class AgentProcess:
         )
         (tmp / "etc").mkdir(exist_ok=True)
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agent",
-                "--cmdline-file",
-                str(tmp / "cmdline"),
-                "--config-dir",
-                str(tmp / "etc"),
-                "--state-dir",
-                str(tmp / "state"),
-                "--power-backend",
-                "recording",
-            ],
+            agent_argv(tmp),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

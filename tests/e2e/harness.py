@@ -73,6 +73,13 @@ class Ramdisk:
         return cls(kernel, initramfs, build)
 
 
+def seabios_serial_args(workdir: Path) -> list[str]:
+    """Have SeaBIOS (and so iPXE) mirror their text output to COM1, the serial console."""
+    sercon = workdir / "sercon-port"
+    sercon.write_bytes(struct.pack("<H", 0x3F8))
+    return ["-fw_cfg", f"name=etc/sercon-port,file={sercon}"]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -107,6 +114,30 @@ class Shape:
     system_serial: str = "SYS-E2E-0001"
     uuid: str = "7ac0e2e0-7ac0-4ac0-8ac0-7ac0000000e1"
     memory_mib: int = 2048
+
+    def machine_args(self, console: Path) -> list[str]:
+        """The emulated machine, its serial console and its SMBIOS identity: what every
+        start of this guest shares, from the network boot or from its disk."""
+        return [
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-machine",
+            self.machine,
+            "-m",
+            str(self.memory_mib),
+            "-smp",
+            "2",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            f"file:{console}",
+            "-smbios",
+            f"type=1,manufacturer=Tacet Labs,product=E2E {self.name},"
+            f"serial={self.system_serial},uuid={self.uuid}",
+        ]
 
     def device_args(self, disk_path: Path) -> list[str]:
         args = ["-drive", f"file={disk_path},if=none,id=d0,format=raw,cache=unsafe"]
@@ -179,36 +210,16 @@ class VM:
         for (guest_ip, guest_port), port in self.guestfwds.items():
             netdev.append(f"guestfwd=tcp:{guest_ip}:{guest_port}-cmd:socat - TCP:127.0.0.1:{port}")
         s = self.shape
-        sercon = self.workdir / "sercon-port"
-        sercon.write_bytes(struct.pack("<H", 0x3F8))  # SeaBIOS: mirror text output to COM1
         return [
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-machine",
-            s.machine,
-            "-m",
-            str(s.memory_mib),
-            "-smp",
-            "2",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-serial",
-            f"file:{self.console}",
+            *s.machine_args(self.console),
             "-netdev",
             ",".join(netdev),
             "-device",
             f"{s.nic},netdev=n0,mac={s.mac}",
             "-object",
             f"filter-dump,id=dump0,netdev=n0,file={self.pcap}",
-            "-smbios",
-            f"type=1,manufacturer=Tacet Labs,product=E2E {s.name},serial={s.system_serial},"
-            f"uuid={s.uuid}",
             *s.device_args(self.disk),
-            "-fw_cfg",
-            f"name=etc/sercon-port,file={sercon}",
+            *seabios_serial_args(self.workdir),
             *self.extra_args,
             "-boot",
             "n",
@@ -836,36 +847,12 @@ def boot_from_disk(vm: VM, marker: str, timeout: float = 180) -> DiskBoot:
     s = vm.shape
     console = vm.workdir / "disk-boot-console.log"
     console.unlink(missing_ok=True)
-    command = [
-        "qemu-system-x86_64",
-        "-accel",
-        "tcg",
-        "-machine",
-        s.machine,
-        "-m",
-        str(s.memory_mib),
-        "-smp",
-        "2",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-net",
-        "none",
-        "-serial",
-        f"file:{console}",
-        "-smbios",
-        f"type=1,manufacturer=Tacet Labs,product=E2E {s.name},serial={s.system_serial},"
-        f"uuid={s.uuid}",
-    ]
+    command = [*s.machine_args(console), "-net", "none"]
     if isinstance(vm, UefiVM):
         command += at_pci_slot(s.device_args(vm.disk), disk_controller(s), UEFI_DISK_SLOT)
         command += ovmf_drives(vm.nvram)
     else:
-        command += s.device_args(vm.disk)
-        sercon = vm.workdir / "sercon-port"
-        sercon.write_bytes(struct.pack("<H", 0x3F8))  # SeaBIOS: mirror text output to COM1
-        command += ["-fw_cfg", f"name=etc/sercon-port,file={sercon}"]
+        command += s.device_args(vm.disk) + seabios_serial_args(vm.workdir)
     (vm.workdir / "disk-boot-command.txt").write_text(" ".join(command) + "\n")
     wanted = re.compile(rb"^" + re.escape(marker.encode()) + rb"\r?$", re.MULTILINE)
     started = time.monotonic()

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.local_agent import agent_argv
+
 from .launcher import NO_PROXY, IronicError, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -191,19 +193,7 @@ class LocalAgent:
         return f"{self.boot_cmdline} ipa-listen-host=127.0.0.1 ipa-listen-port={self.port}"
 
     def argv(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "agent",
-            "--cmdline-file",
-            str(self.workdir / "cmdline"),
-            "--config-dir",
-            str(self.workdir / "etc"),
-            "--state-dir",
-            str(self.workdir / "state"),
-            "--power-backend",
-            "recording",
-        ]
+        return agent_argv(self.workdir)
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
