@@ -34,11 +34,22 @@ NETWORK_POLL = 0.2  # seconds between looks at the host's addresses while waitin
 UDEV_WAIT = 60.0  # seconds the warm-up keeps looking for a udev daemon that starts late
 UDEV_POLL = 0.5
 STORM_CHECK = 5.0  # seconds between looks at whether a connection storm is over
-# The listen backlog, which asyncio also takes as how many connections to accept in one
-# pass of the event loop (create_server listens again with it; 100 is its default).
-# 32 kept passes short under emulation, but on real CPUs it made the kernel drop more
-# of a storm's connects, and with them now and then a conductor's new connection.
-BACKLOG = 100
+# How many connections asyncio accepts in one pass of the event loop: it takes the
+# ``backlog`` given to create_server as that batch, and listens with it too (100 is its
+# default). 32 kept passes short under emulation, but on real CPUs it made the kernel
+# drop more of a storm's connects, and with them now and then a conductor's new one.
+ACCEPT_BATCH = 100
+
+
+def listen_queue(max_connections: int) -> int:
+    """The kernel's accept queue: room for a full table's worth of connects.
+
+    When the queue is full the kernel drops the connect (or its final ACK), and the
+    peer only retries after its 1 s retransmission timer: a conductor's poll that lands
+    behind a storm's burst then takes a second longer. The agent accepts and judges
+    every connection itself (``ConnectionTable``), so the queue only has to absorb a
+    burst, never to be the policy. The kernel caps it at ``net.core.somaxconn``."""
+    return max(ACCEPT_BATCH, max_connections)
 
 
 def live_inventory(config: Config) -> Callable[[], dict[str, Any]]:
@@ -253,7 +264,7 @@ class AgentServer:
         table = ConnectionTable(max_connections, config.max_connections_per_peer)
         self.connections = agent.connections = table
         timeouts = Timeouts(config.handshake_timeout, config.header_timeout)
-        self.sock = listen_socket(config.listen_host, config.listen_port, BACKLOG)
+        self.sock = listen_socket(config.listen_host, config.listen_port, ACCEPT_BATCH)
         context, server = agent.ssl_context, self.runner.server
         assert server is not None
         self.tcp_server = await asyncio.get_running_loop().create_server(
@@ -266,8 +277,11 @@ class AgentServer:
                 table,
             ),
             sock=self.sock,
-            backlog=BACKLOG,
+            backlog=ACCEPT_BATCH,
         )
+        # create_server listened with its batch size; listen() again on a listening
+        # socket only resizes its queue (Linux), so the batch and the queue part here.
+        self.sock.listen(listen_queue(max_connections))
         self.agent = agent
         self.trimmer = asyncio.create_task(self._give_back_after_storms(table))
         # The first inventory is collected after the listener is up and has had a moment

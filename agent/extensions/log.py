@@ -25,6 +25,9 @@ COMMANDS = {
     "ip-addr.txt": ["ip", "addr"],
     "ip-route.txt": ["ip", "route"],
     "lsblk.txt": ["lsblk", "--all", "--output", "NAME,SIZE,TYPE,FSTYPE,MOUNTPOINT,MODEL,SERIAL"],
+    # The kernel's network counters since boot, e.g. TcpExtListenOverflows: connects
+    # dropped because the agent's accept queue was full.
+    "nstat.txt": ["nstat", "--absolute", "--zeros", "--noupdate"],
 }
 LOG_FILES = ("/var/log/syslog", "/var/log/messages")
 
@@ -143,10 +146,10 @@ def format_process_table(rows: list[ProcessRow], now: float | None = None) -> st
 
 def collect_archive(commands: dict[str, list[str]] | None = None) -> bytes:
     """The log bundle; ``commands`` replaces the programs run (tests pass ``{}``)."""
-    files: dict[str, bytes] = {}
+    # The process table first: the agent's own memory, before this bundle's buffers.
+    files: dict[str, bytes] = {"ps.txt": _tail(format_process_table(process_rows()).encode())}
     for name, argv in (COMMANDS if commands is None else commands).items():
         files[name] = _tail(_run(argv))
-    files["ps.txt"] = _tail(format_process_table(process_rows()).encode())
     for path in LOG_FILES:
         try:
             with open(path, "rb") as handle:

@@ -98,3 +98,12 @@ def test_every_line_of_the_bundled_table_is_one_process():
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_process_table_is_taken_before_any_program_runs(monkeypatch):
+    """The agent's RSS in ps.txt is its own, not swollen by the journal it just read."""
+    order = []
+    monkeypatch.setattr(log, "process_rows", lambda: order.append("ps") or [])
+    monkeypatch.setattr(log, "_run", lambda argv: order.append(argv[0]) or b"")
+    log.collect_archive({"journal.txt": ["journalctl"], "nstat.txt": ["nstat"]})
+    assert order == ["ps", "journalctl", "nstat"]
