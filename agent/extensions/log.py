@@ -27,7 +27,7 @@ COMMANDS = {
     "lsblk.txt": ["lsblk", "--all", "--output", "NAME,SIZE,TYPE,FSTYPE,MOUNTPOINT,MODEL,SERIAL"],
     # The kernel's network counters since boot, e.g. TcpExtListenOverflows: connects
     # dropped because the agent's accept queue was full.
-    "nstat.txt": ["nstat", "--absolute", "--zeros", "--noupdate"],
+    "nstat.txt": ["nstat", "-a", "-s", "-z"],  # since boot, no history file, zeros too
 }
 LOG_FILES = ("/var/log/syslog", "/var/log/messages")
 
