@@ -139,6 +139,10 @@ class Unauthenticated(AgentError):
     kind = "unauthenticated"
 
 
+class HeldOff(Unauthenticated):
+    """The agent holds this peer off (429) after failed attempts: a wait, not a verdict."""
+
+
 class Busy(AgentError):
     """Another command is still running on the agent (409)."""
 
@@ -548,7 +552,10 @@ class AgentClient:
             )
             try:
                 ssl_object = writer.get_extra_info("ssl_object")
-                der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+                try:
+                    der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+                except ValueError:  # TLS 1.3: the agent's alert undid the finished handshake
+                    raise ClosedAfterHandshake("the agent ended the handshake") from None
             finally:
                 writer.close()
             if not der:
@@ -652,7 +659,7 @@ class AgentClient:
         if code == 401:
             raise Unauthenticated(fault, self.address)
         if code == 429:
-            raise Unauthenticated(
+            raise HeldOff(
                 f"{fault} (held off after failed attempts; Retry-After {retry_after} s)",
                 self.address,
             )

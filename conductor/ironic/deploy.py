@@ -8,12 +8,21 @@ MACs, send it the lookup data (``poll.set_node_info``) and record its URL and
 certificate; then call this interface's own ``heartbeat`` under the node's lock, so
 ironic's deploy, clean, service and rescue processing runs unchanged. Inspection
 takes the inventory from ``get_hardware_info`` into ironic's inspection hooks.
+
+In ``mtls`` trust the agents demand a client certificate. The poller presents
+``[tacet] client_cert_file``, and so must ironic's own agent client, which every step
+obtains with ``agent_client.get_client(task)``: that public function returns the
+client cached on the task, so each public method of this interface first caches a
+``CertifiedAgentClient`` there (ironic's client with ``requests.Session.cert`` set).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +38,7 @@ from oslo_config import cfg
 from oslo_log import log
 from oslo_utils import timeutils
 
+from conductor import pki
 from conductor.client import Trust
 from conductor.http import Pool
 
@@ -115,10 +125,60 @@ def _agent_timeout() -> int:
     return int(CONF.tacet.agent_timeout or CONF.api.ramdisk_heartbeat_timeout)
 
 
+def client_certificate() -> tuple[Path, Path] | None:
+    """The conductor's client certificate and key in ``mtls`` trust, None in the others."""
+    if CONF.tacet.trust_mode != "mtls":
+        return None
+    cert, key = CONF.tacet.client_cert_file, CONF.tacet.client_key_file
+    if not cert or not key:
+        raise exception.InvalidParameterValue(
+            "[tacet] trust_mode = mtls needs client_cert_file and client_key_file"
+        )
+    return Path(cert), Path(key)
+
+
+def _trust(cafile: Path | None = None, trust_on_first_use: bool = False) -> Trust:
+    """How to verify the agent, with the client certificate to present (``mtls``)."""
+    pair = client_certificate()
+    certfile, keyfile = pair if pair is not None else (None, None)
+    return Trust(
+        cafile=cafile, trust_on_first_use=trust_on_first_use, certfile=certfile, keyfile=keyfile
+    )
+
+
 def _first_contact_trust() -> Trust:
-    if CONF.tacet.trust_mode == "claim":
-        return Trust(trust_on_first_use=True)
-    return Trust()  # token-binding: the pre-shared token's binding
+    if CONF.tacet.trust_mode in ("claim", "mtls"):
+        # mtls: only a conductor with a certificate from the agents' client CA gets an
+        # answer at all; the agent's own certificate is still recorded on first contact.
+        return _trust(trust_on_first_use=True)
+    return _trust()  # token-binding: the pre-shared token's binding
+
+
+class CertifiedAgentClient(agent_client.AgentClient):
+    """ironic's agent client presenting the conductor's client certificate (``mtls``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        pair = client_certificate()
+        if pair is not None:
+            self.session.cert = (str(pair[0]), str(pair[1]))
+
+
+def present_client_certificate(task: Any) -> None:
+    """Make ``agent_client.get_client(task)`` answer with a ``CertifiedAgentClient``."""
+    if CONF.tacet.trust_mode != "mtls":
+        return
+    if not isinstance(getattr(task, "cached_agent_client", None), CertifiedAgentClient):
+        task.cached_agent_client = CertifiedAgentClient()
+
+
+def _presenting_client_certificate(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)  # keeps the step and metrics attributes ironic reads
+    def wrapper(self: Any, task: Any, *args: Any, **kwargs: Any) -> Any:
+        present_client_certificate(task)
+        return method(self, task, *args, **kwargs)
+
+    return wrapper
 
 
 def _lookup_data(node: Any, token: str | None) -> dict[str, Any]:
@@ -145,6 +205,16 @@ def _lookup_data(node: Any, token: str | None) -> dict[str, Any]:
 
 class TacetPassiveDeploy(agent.AgentDeploy):
     """ironic's ``direct`` deploy for agents in passive mode: the conductor polls them."""
+
+    def validate(self, task: Any) -> None:
+        """ironic's checks, and in ``mtls`` trust a readable client certificate and key."""
+        pair = client_certificate()
+        if pair is not None:
+            try:
+                pki.check_client_pair(*pair)
+            except pki.PkiError as exc:
+                raise exception.InvalidParameterValue(f"[tacet] client_cert_file: {exc}") from None
+        super().validate(task)
 
     # -- steps -------------------------------------------------------------------------
     def process_next_step(self, task: Any, step_type: str, **kwargs: Any) -> None:
@@ -221,6 +291,12 @@ class TacetPassiveDeploy(agent.AgentDeploy):
             )
             if deploy_interface == INTERFACE_NAME
         ]
+        if candidates:
+            try:
+                client_certificate()
+            except exception.InvalidParameterValue as exc:
+                LOG.error("Passive poll: not polling: %s", exc)
+                return
         targets = []
         for uuid in candidates:
             try:
@@ -258,7 +334,7 @@ class TacetPassiveDeploy(agent.AgentDeploy):
         verify_ca = info.get("agent_verify_ca")
         if url and verify_ca and node.provision_state != states.INSPECTWAIT:
             address = url.removeprefix("https://").rstrip("/")
-            trust = Trust(cafile=Path(verify_ca))
+            trust = _trust(cafile=Path(verify_ca))
             return Target(uuid, address, trust, token)
         # First contact: where is it, who must it be, and what is its token.
         ports = objects.Port.list_by_node_id(context, node.id)
@@ -388,3 +464,16 @@ class TacetPassiveDeploy(agent.AgentDeploy):
                 manager_utils.rescuing_error_handler(task, message)
             elif state == states.INSPECTWAIT:
                 inspector_common.inspection_error_handler(task, message)
+
+
+def _wrap_task_methods(cls: type) -> None:
+    """Every public method that takes the task presents the client certificate first:
+    those are where ironic's conductor hands this interface a task."""
+    for name, method in inspect.getmembers(cls, inspect.isfunction):
+        if name.startswith("_"):
+            continue
+        if list(inspect.signature(method).parameters)[:2] == ["self", "task"]:
+            setattr(cls, name, _presenting_client_certificate(method))
+
+
+_wrap_task_methods(TacetPassiveDeploy)

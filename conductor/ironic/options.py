@@ -6,7 +6,7 @@ from typing import Any
 
 from oslo_config import cfg
 
-TRUST_MODES = ("token-binding", "claim")
+TRUST_MODES = ("token-binding", "claim", "mtls")
 
 opts = [
     cfg.IntOpt(
@@ -58,8 +58,24 @@ opts = [
                 "claim on first use: the first conductor to reach the agent gives it "
                 "the token. Weakest; only on a provisioning network you control.",
             ),
+            (
+                "mtls",
+                "mutual TLS: the agents demand a client certificate from the CA baked into "
+                "the ramdisk; the conductor presents client_cert_file in its polls and in "
+                "ironic's agent commands. The agent's certificate is recorded at first "
+                "contact and the token is handed over inside TLS, as in claim.",
+            ),
         ],
         help="How the agent and the conductor come to trust each other.",
+    ),
+    cfg.StrOpt(
+        "client_cert_file",
+        help="trust_mode mtls: the conductor's client certificate (PEM), issued by the CA "
+        "the agents name as their client CA (tacet pki client).",
+    ),
+    cfg.StrOpt(
+        "client_key_file",
+        help="trust_mode mtls: the private key of client_cert_file (PEM, unencrypted).",
     ),
     cfg.StrOpt(
         "dnsmasq_leases_file",

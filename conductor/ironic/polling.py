@@ -16,9 +16,11 @@ from typing import Any
 from conductor.client import (
     AgentClient,
     AgentError,
+    HeldOff,
     Inventory,
     Options,
     Trust,
+    Unauthenticated,
     Untrusted,
     describe,
 )
@@ -135,6 +137,14 @@ class Poller:
         except Untrusted as exc:
             self._clients.pop(target.uuid, None)
             return Answer(target.uuid, REFUSED, target.address, reason=describe(exc))
+        except Unauthenticated as exc:
+            self._clients.pop(target.uuid, None)
+            # At first contact the agent refuses this conductor (its client certificate,
+            # or its token): not this conductor's agent, or one set up for another CA.
+            # Being held off is a wait, not a refusal.
+            refused = target.first_contact and not isinstance(exc, HeldOff)
+            kind = REFUSED if refused else UNREACHABLE
+            return Answer(target.uuid, kind, target.address, reason=describe(exc))
         except AgentError as exc:
             self._clients.pop(target.uuid, None)
             return Answer(target.uuid, UNREACHABLE, target.address, reason=describe(exc))

@@ -114,15 +114,18 @@ def closed_port() -> int:
     return port
 
 
+def with_nic(mac: str):
+    """An inventory collector for a machine with one NIC."""
+
+    def collect() -> dict:
+        return {"interfaces": [{"name": "eth0", "mac_address": mac}], "disks": []}
+
+    return collect
+
+
 async def test_a_sweep_identifies_new_agents_refuses_strangers_and_sees_the_gone(
     start_node,
 ) -> None:
-    def with_nic(mac: str):
-        def collect() -> dict:
-            return {"interfaces": [{"name": "eth0", "mac_address": mac}], "disks": []}
-
-        return collect
-
     good = await start_node("good", inventory=with_nic("52:54:00:aa:bb:01"))
     stranger = await start_node("stranger", inventory=with_nic("52:54:00:aa:bb:02"))
     poller = Poller(PollSettings(concurrency=2, jitter=0.0, timeout=5, connect_timeout=2))
@@ -160,3 +163,38 @@ async def test_a_sweep_identifies_new_agents_refuses_strangers_and_sees_the_gone
 
     again = await poller.sweep([Target("good", good.address, Trust(), TOKEN)])
     assert [a.kind for a in again] == [ALIVE]
+
+
+async def test_mtls_first_contact_presents_the_client_certificate_or_is_refused(
+    start_node, test_pki, tmp_path
+) -> None:
+    """An agent with a client CA answers only a conductor with a certificate from it; at
+    first contact any other is refused (the node fails at once, it does not wait)."""
+    mac = "52:54:00:aa:bb:01"
+    node = await start_node(
+        "mtls", inventory=with_nic(mac), agent_token=None, client_ca_file=test_pki.ca_pem
+    )
+    identity = Identity(frozenset({mac}))
+    node_info = {"node": {"uuid": "n"}, "config": {"agent_token": TOKEN}}
+    certified = Trust(
+        trust_on_first_use=True, certfile=test_pki.client_cert, keyfile=test_pki.client_key
+    )
+    poller = Poller(PollSettings(concurrency=2, jitter=0.0, timeout=5, connect_timeout=2))
+
+    (bare,) = await poller.sweep(
+        [Target("n", node.address, Trust(trust_on_first_use=True), TOKEN, identity, node_info)]
+    )
+    assert bare.kind == REFUSED
+    assert "the agent requires a client certificate" in (bare.reason or ""), bare.reason
+    assert node.agent.node_info is None
+
+    (first,) = await poller.sweep(
+        [Target("n", node.address, certified, TOKEN, identity, node_info)]
+    )
+    assert first.kind == FIRST_CONTACT, first.reason
+    assert node.agent.node_info is not None
+    seen = tmp_path / "agent.pem"
+    seen.write_text(first.certificate or "")
+    recorded = Trust(cafile=seen, certfile=test_pki.client_cert, keyfile=test_pki.client_key)
+    (later,) = await poller.sweep([Target("n", node.address, recorded, TOKEN)])
+    assert later.kind == ALIVE, later.reason

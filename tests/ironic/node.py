@@ -195,6 +195,10 @@ class LocalAgent:
     def argv(self) -> list[str]:
         return agent_argv(self.workdir)
 
+    def wrapper(self) -> list[str]:
+        """A command the whole launch runs under (none here; see PassiveAgent)."""
+        return []
+
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "etc").mkdir(mode=0o700, exist_ok=True)
@@ -205,7 +209,12 @@ class LocalAgent:
         view = ["sh", "-c", ONE_DISK_VIEW, "sh", self.disk.name, str(self.disk.sysfs_dir())]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "--", *view, *self.argv()],
+                [
+                    *self.wrapper(),
+                    *["unshare", "--mount", "--propagation", "private", "--"],
+                    *view,
+                    *self.argv(),
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,

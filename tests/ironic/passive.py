@@ -8,6 +8,8 @@ virtualenv by ``tools/setup-ironic``), refuse lookup, heartbeat and
 :class:`PassiveMachine` enrolls a node with those interfaces and its agent's address in
 ``driver_info/tacet_address``; its agent boots with the PXE config ironic wrote, which
 carries no ``ipa-api-url``, so it starts in passive mode and listens on that address.
+Every passive agent runs under an outbound audit (``outbound.py``): after it stopped,
+:meth:`PassiveAgent.outbound` lists every IP destination it connected or sent to.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from .launcher import IronicError, free_port
 from .machine import Machine
 from .node import LocalAgent
+from .outbound import Outbound, audit_prefix, outbound, read_complete
 
 PASSIVE_OVERRIDES = {
     "DEFAULT": {
@@ -43,6 +46,16 @@ class PassiveAgent(LocalAgent):
     ) -> None:
         super().__init__(workdir, boot_cmdline, disk, settings)
         self.port = port
+        self.audit_log = workdir / "outbound.strace"
+
+    def wrapper(self) -> list[str]:
+        return audit_prefix(self.audit_log)
+
+    def outbound(self) -> list[Outbound]:
+        """Every IP destination of this boot's agent; only once it has stopped."""
+        if self.process is None or self.process.poll() is None:
+            raise IronicError("the outbound audit is complete only once the agent stopped")
+        return outbound(read_complete(self.audit_log, self.process.pid))
 
     def problem(self) -> str | None:
         if self.process is None:
@@ -62,6 +75,7 @@ class PassiveMachine(Machine):
         super().__init__(*args, **kwargs)
         self.agent_port = free_port()
         self.identity_macs: list[str] | None = None  # ports to enroll (default: the host's)
+        self.agent_settings: dict[str, str] = {}  # what every boot's image bakes in
 
     def enroll(
         self,
@@ -102,7 +116,7 @@ class PassiveMachine(Machine):
             cmdline,
             self.disk,
             self.agent_port,
-            settings,
+            {**self.agent_settings, **(settings or {})},
         )
         self.agents.append(agent)
         agent.start()
