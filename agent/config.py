@@ -62,6 +62,7 @@ class Config:
     inspection_dhcp_all_interfaces: bool = False
     inspection_dhcp_wait_timeout: float = 60.0
     collect_lldp: bool = False
+    access_log: bool = False  # one log line per answered request (agent/access.py)
     lldp_timeout: float = 30.0
     efivars_dir: Path = Path("/sys/firmware/efi/efivars")  # UEFI variables (boot entries)
     cmdline: str = field(default="", repr=False)  # may carry ipa-agent-token
@@ -259,6 +260,7 @@ SETTINGS: dict[str, Setting] = {
         "inspection_dhcp_wait_timeout", _seconds, "ipa-inspection-dhcp-wait-timeout"
     ),
     "collect-lldp": Setting("collect_lldp", _bool, "ipa-collect-lldp"),
+    "access-log": Setting("access_log", _bool),
     "lldp-timeout": Setting("lldp_timeout", _positive_float, "ipa-lldp-timeout"),
     "efivars-dir": Setting("efivars_dir", _path),
 }

@@ -286,6 +286,7 @@ def test_every_setting_has_a_tacet_name(load, name: str) -> None:
         "inspection-callback-url": "http://x",
         "inspection-dhcp-all-interfaces": "1",
         "collect-lldp": "1",
+        "access-log": "1",
         "tls-min-version": "1.3",
         "cert-file": "/c",
         "key-file": "/k",

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import io
+import random
 import socket
 import ssl
 import tarfile
@@ -272,7 +273,14 @@ async def agent_baseline(client: AgentClient) -> AgentFacts:
 
 async def storm_client(port: int, slow: bool, stop: asyncio.Event, opened: list[int]) -> None:
     """Connect and hold the connection idle (or send a byte every 2 s: slowloris); when
-    the agent closes it, connect again."""
+    the agent closes it, connect again after 0.5 s on average.
+
+    The pauses are random (0 to 1 s), as are the first connects (over 2 s): 300 clients
+    in step would arrive as bursts of hundreds, past the guest's accept queue (100), and
+    every connect the kernel drops, the conductor's too, waits for TCP's 1 s
+    retransmission. That regime, a storm faster than the guest can accept, is the
+    many-address test's (tests/e2e/test_storm.py), with a kept-alive conductor."""
+    await asyncio.sleep(random.uniform(0, 2))
     while not stop.is_set():
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -292,7 +300,7 @@ async def storm_client(port: int, slow: bool, stop: asyncio.Event, opened: list[
             pass
         finally:
             writer.close()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(random.uniform(0, 1))
 
 
 async def test_connection_storm_in_the_guest(passive: Passive):
@@ -329,7 +337,7 @@ async def test_connection_storm_in_the_guest(passive: Passive):
     report("storm in the guest: agent log lines", str(after.journal_lines - before.journal_lines))
     overflows = after.listen_overflows - before.listen_overflows
     report("storm in the guest: connects dropped, accept queue full", str(overflows))
-    assert max(latencies) < 1.0, latencies
+    assert max(latencies) < 1.0, (latencies, f"{overflows} connects dropped by the guest")
     assert after.rss_kib - before.rss_kib < 20 * 1024, (before, after)
     assert after.journal_lines - before.journal_lines < 100, (before, after)
 

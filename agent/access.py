@@ -1,0 +1,49 @@
+"""One line per answered request, when the operator asks for it (``access-log``).
+
+Off by default: the ramdisk's journal is RAM, and a conductor polling every 10 s would
+add a line each time. On, each line says who asked what and how it went: the peer, the
+method and path (never the query, which may carry ``agent_token``), the status, the
+time taken and the client's ``User-Agent`` (Tacet's conductors name themselves there,
+so a site with several can see which one drives a node). Requests refused before they
+reach the API (TLS, caps, hold-off) are not here: ``agent.logs`` counts those.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+LOGGER = logging.getLogger("agent.access")
+MAX_AGENT = 200  # characters of User-Agent kept; the rest is the client's business
+
+
+def _printable(text: str) -> str:
+    return "".join(char if char.isprintable() else "?" for char in text[:MAX_AGENT])
+
+
+class AccessLog(AbstractAccessLogger):
+    """aiohttp's access-log hook, with the fields above as the record's ``extra`` too
+    (``peer``, ``method``, ``path``, ``status``, ``user_agent``)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        peer = request.remote or "-"
+        agent = _printable(request.headers.get("User-Agent", "-"))
+        path = _printable(request.rel_url.path)
+        self.logger.info(
+            '%s "%s %s" %d %.0f ms "%s"',
+            peer,
+            request.method,
+            path,
+            response.status,
+            time * 1000,
+            agent,
+            extra={
+                "peer": peer,
+                "method": request.method,
+                "path": path,
+                "status": response.status,
+                "user_agent": agent,
+            },
+        )
