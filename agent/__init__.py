@@ -1,3 +1,5 @@
 """tacet-agent: the daemon that runs in the ramdisk and serves the command API."""
 
-__version__ = "0.1.0"
+from wire import __version__
+
+__all__ = ["__version__"]

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+from wire import __version__
 from wire.binding import binding_hmac
 from wire.certs import fingerprint, spki_der
 from wire.protocol import DEFAULT_PORT, RUNNING, SUCCEEDED
@@ -77,6 +78,7 @@ INVENTORY_LIMIT = 16 * MIB  # poll.get_hardware_info
 LOGS_LIMIT = 64 * MIB  # log.collect_system_logs
 HISTORY_LIMIT = 64 * MIB  # GET /v1/commands/ (it may hold a log archive)
 
+USER_AGENT = f"tacet-conductor/{__version__}"
 DEFAULT_DEADLINE = 120.0  # one call with its retries and their backoff, s
 
 
@@ -298,6 +300,8 @@ class Options:
     retries: int = 3  # on connection errors
     backoff: float = 0.5  # first retry delay; doubles, jittered
     deadline: float | None = DEFAULT_DEADLINE  # per call, its retries and backoff included
+    # Who is asking, in the agent's access log: a site with several conductors names each.
+    user_agent: str = USER_AGENT
 
 
 # -- typed results -----------------------------------------------------------------------
@@ -698,7 +702,7 @@ class AgentClient:
         """The request's header fields and body (h11 checks them again when it sends)."""
         if not path.startswith("/") or not path.isascii() or not path.isprintable() or " " in path:
             raise ValueError(f"not a request path: {path!r}")
-        headers = [("Host", self.address)]
+        headers = [("Host", self.address), ("User-Agent", self.options.user_agent)]
         if token and self.options.token:
             headers.append(("Authorization", f"Bearer {self.options.token}"))
         if not self.keep_alive:

@@ -5,3 +5,6 @@ the token binding, the verifying client TLS policy and atomic private-file writi
 This package imports neither side, so the conductor can be installed and imported
 without the agent, and ``image/`` can fetch over verified TLS without knowing either.
 """
+
+# Tacet's version, as in pyproject.toml: in the agent's status and the conductor's User-Agent.
+__version__ = "0.1.0"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
 from collections.abc import Callable
 
@@ -24,6 +25,7 @@ from conductor.client import (
     Untrusted,
 )
 from tests.conductor.conftest import TOKEN
+from wire import __version__
 from wire.certs import fingerprint
 
 STATUS = {"started_at": 1.0, "version": "t", "mode": "passive"}
@@ -423,3 +425,19 @@ async def test_connections_reading_at_once_each_get_their_own_bytes(test_pki):
         server.close()
         await server.wait_closed()
     assert [a == bytes([n]) * size for n, a in enumerate(answers, 1)] == [True] * 20
+
+
+async def test_the_agents_access_log_names_the_conductor(start_node, test_pki, caplog):
+    caplog.set_level(logging.INFO, logger="agent.access")
+    node = await start_node(
+        cert_file=test_pki.node_cert, key_file=test_pki.node_key, access_log=True
+    )
+    named = Options(Trust(cafile=test_pki.ca_pem), TOKEN, user_agent="site-b conductor-2")
+    pool = Pool()
+    try:
+        await AgentClient(node.address, Options(Trust(cafile=test_pki.ca_pem), TOKEN)).status()
+        await AgentClient(node.address, named, pool=pool).status()
+    finally:
+        await pool.close()
+    agents = [r.user_agent for r in caplog.records if r.name == "agent.access"]
+    assert agents == [f"tacet-conductor/{__version__}", "site-b conductor-2"]
