@@ -26,6 +26,7 @@ async def test_no_access_log_by_default(tmp_path, caplog):
 async def test_each_answered_request_is_one_line_with_its_client_and_no_token(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     run = await start(tmp_path / "state", access_log=True)
+    port = run.server.port
     try:
         headers = {"User-Agent": "tacet-conductor/0.1.0 (ironic conductor 127.0.0.1:8091)"}
         url = f"{run.base}/v1/commands/?agent_token={TOKEN}"
@@ -45,6 +46,7 @@ async def test_each_answered_request_is_one_line_with_its_client_and_no_token(tm
         200,
     )
     assert first.user_agent == "tacet-conductor/0.1.0 (ironic conductor 127.0.0.1:8091)"
-    assert '"GET /v1/commands/" 200 ' in first.getMessage()
+    assert first.local == f"127.0.0.1:{port}"
+    assert f'127.0.0.1 -> {first.local} "GET /v1/commands/" 200 ' in first.getMessage()
     assert (second.path, second.status) == ("/v1/nowhere", 404)
     assert TOKEN not in caplog.text

@@ -8,9 +8,10 @@ overrides given, so the plugin's options apply to every conductor alike), and
 ``rpc_transport = json-rpc`` (noauth, as the rest of the test site). A conductor's
 ``host`` is 127.0.0.1 and ironic registers it as ``127.0.0.1:<its JSON-RPC port>``: the
 hash ring names conductors by that, and the JSON-RPC client reaches a conductor at the
-port its name carries, so several conductors share one machine. Liveness is quick: a conductor heartbeats every
-2 s and is taken for dead after 10 s (``[conductor] heartbeat_timeout``), and the
-survivors take over its nodes within a few seconds (``sync_local_state_interval``).
+port its name carries, so several conductors share one machine. Liveness is quick: a
+conductor heartbeats every 2 s and is taken for dead after 10 s (``[conductor]
+heartbeat_timeout``), and the survivors take over its nodes within a few seconds
+(``sync_local_state_interval``).
 """
 
 from __future__ import annotations
@@ -142,9 +143,9 @@ class IronicCluster:
         seen: Any = None
         while time.monotonic() < deadline:
             for process in [self.api, *self.conductors]:
-                if process.process is not None and process.process.poll() is not None:
-                    if process.host in hosts or process is self.api:
-                        raise IronicError(f"{process.command} exited\n{process.tail()}")
+                gone = process.process is not None and process.process.poll() is not None
+                if gone and (process.host in hosts or process is self.api):
+                    raise IronicError(f"{process.command} exited\n{process.tail()}")
             try:
                 seen = self.alive_conductors(api)
                 if sorted(seen) == sorted(hosts):
