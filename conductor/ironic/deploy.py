@@ -39,7 +39,7 @@ from oslo_log import log
 from oslo_utils import timeutils
 
 from conductor import pki
-from conductor.client import Trust
+from conductor.client import USER_AGENT, Trust
 from conductor.http import Pool
 
 from . import addresses, options
@@ -112,12 +112,13 @@ class _Bookkeeping:
 _BOOK = _Bookkeeping()
 
 
-def _settings() -> PollSettings:
+def _settings(conductor: str) -> PollSettings:
     return PollSettings(
         concurrency=CONF.tacet.poll_concurrency,
         jitter=min(CONF.tacet.poll_jitter, max(CONF.tacet.poll_interval / 2, 0)),
         timeout=float(CONF.tacet.poll_timeout),
         connect_timeout=min(5.0, float(CONF.tacet.poll_timeout)),
+        user_agent=f"{USER_AGENT} (ironic conductor {conductor})",
     )
 
 
@@ -309,7 +310,7 @@ class TacetPassiveDeploy(agent.AgentDeploy):
             if target is not None:
                 targets.append(target)
         with _BOOK.lock:
-            poller = _BOOK.poller_for(_settings())
+            poller = _BOOK.poller_for(_settings(manager.host))
             poller.forget({t.uuid for t in targets})
             if not targets:
                 return

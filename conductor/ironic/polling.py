@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from conductor.client import (
+    USER_AGENT,
     AgentClient,
     AgentError,
     HeldOff,
@@ -83,6 +84,7 @@ class PollSettings:
     jitter: float = 1.0  # each poll starts after a random delay up to this (seconds)
     timeout: float = 10.0  # per request
     connect_timeout: float = 5.0
+    user_agent: str = USER_AGENT  # with the conductor's name, so agents' logs say who polled
 
 
 class Poller:
@@ -105,6 +107,7 @@ class Poller:
             connect_timeout=self.settings.connect_timeout,
             retries=0,
             deadline=self.settings.timeout * 2,
+            user_agent=self.settings.user_agent,
         )
         client = AgentClient(target.address, options, pool=self.pool)
         self._clients[target.uuid] = (key, client)

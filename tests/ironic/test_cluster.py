@@ -1,0 +1,116 @@
+"""Passive mode on several ironic conductors: ironic's hash ring decides who polls whom.
+
+One site as production runs it (``cluster.py``): PostgreSQL, one ``ironic-api`` and
+three ``ironic-conductor`` processes on JSON-RPC, Tacet's plugin in each, the ramdisk
+endpoints off. Two conductors are in the default conductor group and one in ``rack-a``.
+Twenty passive nodes (``fleet.py``) are deployed, six of them in ``rack-a``; their
+deploys stall on purpose (the image never finishes), so every node stays in ``wait
+call-back`` with a running ``write_image`` and is polled every 2 s. Who polled which
+agent is read from the agents' access logs, where the plugin's User-Agent names its
+conductor.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.e2e.harness import BackgroundApp
+
+from .cluster import IronicCluster
+from .conftest import report
+from .fleet import AGENT_PORT, PassiveFleet, address, conductor_of, stalling_app, wait_until
+from .launcher import IronicError, locate_ironic
+from .passive import PASSIVE_OVERRIDES
+
+NODES = 20
+RACK_A = range(14, 20)  # the nodes in conductor group rack-a
+GROUPS = ["", "", "rack-a"]
+POLL_INTERVAL = 2
+WINDOW = 5 * POLL_INTERVAL  # seconds of access log each check reads
+
+
+@dataclass
+class Site:
+    cluster: IronicCluster
+    fleet: PassiveFleet
+
+    def conductors_seen(self, since: float) -> dict[str, collections.Counter[str]]:
+        """agent address -> how many requests each conductor made to it since ``since``."""
+        seen: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        for entry in self.fleet.access_entries(since):
+            conductor = conductor_of(entry["user_agent"] or "")
+            if conductor is not None:
+                seen[entry["local"]][conductor] += 1
+        return seen
+
+    def ironic_conductor_of(self) -> dict[str, str]:
+        """agent address -> the conductor ironic's API says holds its node."""
+        nodes = self.fleet.api.get("/v1/nodes/detail?limit=1000")
+        return {node["driver_info"]["tacet_address"]: node["conductor"] for node in nodes["nodes"]}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    workdir = tmp_path_factory.mktemp("cluster")
+    overrides = {section: dict(values) for section, values in PASSIVE_OVERRIDES.items()}
+    overrides["tacet"]["poll_interval"] = str(POLL_INTERVAL)
+    overrides["conductor"] = {"deploy_callback_timeout": "900"}
+    overrides["api"]["ramdisk_heartbeat_timeout"] = "60"
+    try:
+        install = locate_ironic()
+    except IronicError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    cluster = IronicCluster(install, workdir / "site", GROUPS, overrides)
+    fleet: PassiveFleet | None = None
+    with BackgroundApp(stalling_app()) as images:
+        try:
+            started = time.monotonic()
+            cluster.start()
+            took = time.monotonic() - started
+            report("cluster: PostgreSQL, the API and 3 conductors up", f"{took:.1f} s")
+            fleet = PassiveFleet(
+                cluster.url, f"http://127.0.0.1:{images.port}", workdir, NODES, access_log=True
+            )
+            started = time.monotonic()
+            fleet.enroll_and_deploy(lambda i: {"conductor_group": "rack-a"} if i in RACK_A else {})
+            took = time.monotonic() - started
+            report(f"cluster: {NODES} nodes enrolled, waiting for their agents", f"{took:.1f} s")
+            fleet.start_agents([c.workdir / "tftp" for c in cluster.conductors])
+            wait_until(lambda: fleet.contacted() == NODES, 120, "first contact with every agent")
+            yield Site(cluster, fleet)
+        except (IronicError, TimeoutError) as exc:
+            pytest.fail(f"{exc}\n{cluster.tail()}", pytrace=False)
+        finally:
+            if fleet is not None:
+                fleet.stop()
+            cluster.stop()
+
+
+def test_each_node_is_polled_by_exactly_one_conductor_of_its_group(site: Site):
+    since = time.time()
+    time.sleep(WINDOW)
+    seen = site.conductors_seen(since)
+    holders = site.ironic_conductor_of()
+    hosts = {c.host: c.group for c in site.cluster.conductors}
+    for i in range(NODES):
+        agent = f"{address(i)}:{AGENT_PORT}"
+        polled_by = seen.get(agent, collections.Counter())
+        assert len(polled_by) == 1, (agent, dict(polled_by))
+        ((conductor, polls),) = polled_by.items()
+        assert polls >= WINDOW // POLL_INTERVAL - 2, (agent, polls)
+        assert conductor == holders[agent], (agent, conductor, holders[agent])
+        assert hosts[conductor] == ("rack-a" if i in RACK_A else ""), (agent, conductor)
+    per_conductor = collections.Counter(next(iter(seen[a])) for a in seen)
+    report("cluster: agents polled per conductor", str(dict(per_conductor)))
+    default_group = [host for host, group in hosts.items() if group == ""]
+    assert all(per_conductor[host] > 0 for host in default_group), per_conductor
+
+
+def test_nodes_stay_waiting_while_polled(site: Site):
+    states = site.fleet.states()
+    assert all(states[uuid] == "wait call-back" for uuid in site.fleet.uuids), states
