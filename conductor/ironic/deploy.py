@@ -9,11 +9,12 @@ certificate; then call this interface's own ``heartbeat`` under the node's lock,
 ironic's deploy, clean, service and rescue processing runs unchanged. Inspection
 takes the inventory from ``get_hardware_info`` into ironic's inspection hooks.
 
-In ``mtls`` trust the agents demand a client certificate. The poller presents
-``[tacet] client_cert_file``, and so must ironic's own agent client, which every step
-obtains with ``agent_client.get_client(task)``: that public function returns the
+ironic's own agent client, which every step obtains with
+``agent_client.get_client(task)``, is the plugin's: that public function returns the
 client cached on the task, so each public method of this interface first caches a
-``CertifiedAgentClient`` there (ironic's client with ``requests.Session.cert`` set).
+``ConductorAgentClient`` there: ironic's client with a User-Agent naming this
+conductor, as the poller's, and in ``mtls`` trust (the agents demand a client
+certificate) with ``requests.Session.cert`` set to ``[tacet] client_cert_file``.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class _Bookkeeping:
         self.lock = threading.Lock()
         self.poller: Poller | None = None
         self.last_answer: dict[str, float] = {}
+        self.conductor = ""  # this conductor's name on the hash ring
 
     def poller_for(self, settings: PollSettings) -> Poller:
         if self.poller is None or self.poller.settings != settings:
@@ -112,13 +114,20 @@ class _Bookkeeping:
 _BOOK = _Bookkeeping()
 
 
-def _settings(conductor: str) -> PollSettings:
+def conductor_user_agent() -> str:
+    """Tacet's User-Agent with this conductor's name as ironic registered it (its
+    ``host``, with the JSON-RPC port when it listens on its own), learned from the
+    periodic task's manager; ``[DEFAULT] host`` until that first ran."""
+    return f"{USER_AGENT} (ironic conductor {_BOOK.conductor or CONF.host})"
+
+
+def _settings() -> PollSettings:
     return PollSettings(
         concurrency=CONF.tacet.poll_concurrency,
         jitter=min(CONF.tacet.poll_jitter, max(CONF.tacet.poll_interval / 2, 0)),
         timeout=float(CONF.tacet.poll_timeout),
         connect_timeout=min(5.0, float(CONF.tacet.poll_timeout)),
-        user_agent=f"{USER_AGENT} (ironic conductor {conductor})",
+        user_agent=conductor_user_agent(),
     )
 
 
@@ -155,28 +164,29 @@ def _first_contact_trust() -> Trust:
     return _trust()  # token-binding: the pre-shared token's binding
 
 
-class CertifiedAgentClient(agent_client.AgentClient):
-    """ironic's agent client presenting the conductor's client certificate (``mtls``)."""
+class ConductorAgentClient(agent_client.AgentClient):
+    """ironic's agent client naming this conductor in its User-Agent (as the poller's
+    does), so an agent's access log says which conductor sent each command; in ``mtls``
+    trust it also presents the conductor's client certificate."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.session.headers["User-Agent"] = conductor_user_agent()
         pair = client_certificate()
         if pair is not None:
             self.session.cert = (str(pair[0]), str(pair[1]))
 
 
-def present_client_certificate(task: Any) -> None:
-    """Make ``agent_client.get_client(task)`` answer with a ``CertifiedAgentClient``."""
-    if CONF.tacet.trust_mode != "mtls":
-        return
-    if not isinstance(getattr(task, "cached_agent_client", None), CertifiedAgentClient):
-        task.cached_agent_client = CertifiedAgentClient()
+def use_conductor_agent_client(task: Any) -> None:
+    """Make ``agent_client.get_client(task)`` answer with a ``ConductorAgentClient``."""
+    if not isinstance(getattr(task, "cached_agent_client", None), ConductorAgentClient):
+        task.cached_agent_client = ConductorAgentClient()
 
 
-def _presenting_client_certificate(method: Callable[..., Any]) -> Callable[..., Any]:
+def _using_conductor_agent_client(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)  # keeps the step and metrics attributes ironic reads
     def wrapper(self: Any, task: Any, *args: Any, **kwargs: Any) -> Any:
-        present_client_certificate(task)
+        use_conductor_agent_client(task)
         return method(self, task, *args, **kwargs)
 
     return wrapper
@@ -310,7 +320,8 @@ class TacetPassiveDeploy(agent.AgentDeploy):
             if target is not None:
                 targets.append(target)
         with _BOOK.lock:
-            poller = _BOOK.poller_for(_settings(manager.host))
+            _BOOK.conductor = manager.host
+            poller = _BOOK.poller_for(_settings())
             poller.forget({t.uuid for t in targets})
             if not targets:
                 return
@@ -468,13 +479,13 @@ class TacetPassiveDeploy(agent.AgentDeploy):
 
 
 def _wrap_task_methods(cls: type) -> None:
-    """Every public method that takes the task presents the client certificate first:
-    those are where ironic's conductor hands this interface a task."""
+    """Every public method that takes the task puts the conductor's agent client on it
+    first: those are where ironic's conductor hands this interface a task."""
     for name, method in inspect.getmembers(cls, inspect.isfunction):
         if name.startswith("_"):
             continue
         if list(inspect.signature(method).parameters)[:2] == ["self", "task"]:
-            setattr(cls, name, _presenting_client_certificate(method))
+            setattr(cls, name, _using_conductor_agent_client(method))
 
 
 _wrap_task_methods(TacetPassiveDeploy)

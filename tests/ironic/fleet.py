@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import logging
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -63,21 +65,30 @@ def conductor_of(user_agent: str) -> str | None:
 
 
 # -- the image server ---------------------------------------------------------------------
-def stalling_app() -> Any:
-    """Answers a deploy kernel and ramdisk nobody boots, and images it never finishes."""
+IMAGE_BYTES = 64 * MIB
+IMAGE_SHA256 = hashlib.sha256(bytes(IMAGE_BYTES)).hexdigest()  # the image: zeros
+
+
+def stalling_app(release: threading.Event | None = None) -> Any:
+    """Answers a deploy kernel and ramdisk nobody boots, and images (``IMAGE_BYTES`` of
+    zeros) it starts to send and finishes only once ``release`` is set, if ever."""
     from aiohttp import web
 
+    chunk = bytes(64 * 1024)
+
     async def serve_file(request: web.Request) -> web.StreamResponse:
-        size = 64 * MIB
         if request.match_info["name"] in ("deploy.kernel", "deploy.initramfs"):
             return web.Response(body=b"nobody boots this\n")
         if request.method == "HEAD":
-            return web.Response(headers={"Content-Length": str(size)})
-        answer = web.StreamResponse(headers={"Content-Length": str(size)})
+            return web.Response(headers={"Content-Length": str(IMAGE_BYTES)})
+        answer = web.StreamResponse(headers={"Content-Length": str(IMAGE_BYTES)})
         await answer.prepare(request)
-        await answer.write(bytes(64 * 1024))
-        while True:
-            await asyncio.sleep(3600)
+        await answer.write(chunk)
+        while release is None or not release.is_set():
+            await asyncio.sleep(0.5)
+        for _ in range(IMAGE_BYTES // len(chunk) - 1):
+            await answer.write(chunk)
+        return answer
 
     app = web.Application()
     app.router.add_route("*", "/{name}", serve_file)
@@ -209,7 +220,7 @@ class PassiveFleet:
             "instance_info": {
                 "image_source": f"{base}/image-{i}.raw",
                 "image_os_hash_algo": "sha256",
-                "image_os_hash_value": "0" * 64,
+                "image_os_hash_value": IMAGE_SHA256,
                 "image_disk_format": "raw",
             },
             "properties": {"cpu_arch": "x86_64", "capabilities": "boot_mode:bios"},

@@ -4,7 +4,7 @@
 
 Asks the agent for its command list (``get_commands_status``, what ironic asks before
 every step) once with ironic's ``AgentClient`` and once with the plugin's
-``CertifiedAgentClient`` in ``mtls`` trust, and prints JSON: what each got, and which
+``ConductorAgentClient`` in ``mtls`` trust, and prints JSON: what each got, and which
 client ``agent_client.get_client(task)`` hands ironic's code once one of the
 interface's methods has seen the task. The tests read it (``test_passive_mtls.py``).
 """
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
         driver_info={},
     )
     results: dict[str, Any] = {}
-    clients = {"ironic": agent_client.AgentClient(), "certified": deploy.CertifiedAgentClient()}
+    clients = {"ironic": agent_client.AgentClient(), "certified": deploy.ConductorAgentClient()}
     for name, client in clients.items():
         try:
             commands = client.get_commands_status(node, retry_connection=False, expect_errors=True)

@@ -13,15 +13,16 @@ conductor.
 from __future__ import annotations
 
 import collections
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
 from tests.e2e.harness import BackgroundApp
 
-from .cluster import IronicCluster
+from .cluster import ClusterProcess, IronicCluster
 from .conftest import report
 from .fleet import AGENT_PORT, PassiveFleet, address, conductor_of, stalling_app, wait_until
 from .launcher import IronicError, locate_ironic
@@ -38,13 +39,20 @@ WINDOW = 5 * POLL_INTERVAL  # seconds of access log each check reads
 class Site:
     cluster: IronicCluster
     fleet: PassiveFleet
+    release: threading.Event  # lets the images finish
+    killed_at: float = 0.0
+    victim: ClusterProcess | None = None
+    moved: list[str] = field(default_factory=list)  # the victim's agents
 
-    def conductors_seen(self, since: float) -> dict[str, collections.Counter[str]]:
-        """agent address -> how many requests each conductor made to it since ``since``."""
+    def conductors_seen(
+        self, since: float, method: str | None = None
+    ) -> dict[str, collections.Counter[str]]:
+        """agent address -> how many requests each conductor made to it since ``since``
+        (only ``method`` ones if given)."""
         seen: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         for entry in self.fleet.access_entries(since):
             conductor = conductor_of(entry["user_agent"] or "")
-            if conductor is not None:
+            if conductor is not None and method in (None, entry["method"]):
                 seen[entry["local"]][conductor] += 1
         return seen
 
@@ -67,7 +75,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         pytest.fail(str(exc), pytrace=False)
     cluster = IronicCluster(install, workdir / "site", GROUPS, overrides)
     fleet: PassiveFleet | None = None
-    with BackgroundApp(stalling_app()) as images:
+    release = threading.Event()
+    with BackgroundApp(stalling_app(release)) as images:
         try:
             started = time.monotonic()
             cluster.start()
@@ -82,7 +91,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             report(f"cluster: {NODES} nodes enrolled, waiting for their agents", f"{took:.1f} s")
             fleet.start_agents([c.workdir / "tftp" for c in cluster.conductors])
             wait_until(lambda: fleet.contacted() == NODES, 120, "first contact with every agent")
-            yield Site(cluster, fleet)
+            yield Site(cluster, fleet, release)
         except (IronicError, TimeoutError) as exc:
             pytest.fail(f"{exc}\n{cluster.tail()}", pytrace=False)
         finally:
@@ -114,3 +123,63 @@ def test_each_node_is_polled_by_exactly_one_conductor_of_its_group(site: Site):
 def test_nodes_stay_waiting_while_polled(site: Site):
     states = site.fleet.states()
     assert all(states[uuid] == "wait call-back" for uuid in site.fleet.uuids), states
+
+
+def test_a_killed_conductors_nodes_are_taken_over_by_the_survivor(site: Site):
+    """SIGKILL, as a conductor host losing power: once ironic sees it dead (10 s here),
+    the other conductor of its group polls its nodes; none is left unpolled."""
+    holders = site.ironic_conductor_of()
+    default_group = [c for c in site.cluster.conductors if c.group == ""]
+    victim = max(default_group, key=lambda c: sum(h == c.host for h in holders.values()))
+    survivor = next(c for c in default_group if c is not victim)
+    site.victim, site.moved = victim, sorted(a for a, h in holders.items() if h == victim.host)
+    assert site.moved, holders
+    site.killed_at = time.time()
+    victim.kill()
+
+    def taken_over() -> bool:
+        seen = site.conductors_seen(site.killed_at + 1)
+        return all(survivor.host in seen.get(agent, {}) for agent in site.moved)
+
+    wait_until(taken_over, 90, "the survivor polling the killed conductor's nodes")
+    took = time.time() - site.killed_at
+    report(f"cluster: {len(site.moved)} nodes of a killed conductor polled again", f"{took:.1f} s")
+    assert site.fleet.all_in("wait call-back"), site.fleet.states()
+
+
+def test_a_restarted_conductor_resumes_without_repeating_a_command(site: Site):
+    """The killed conductor comes back: its nodes return to it, and neither it nor the
+    survivor sends an agent anything again (no second node_info, no second write_image):
+    no agent got a command since the kill."""
+    assert site.victim is not None
+    restarted = time.time()
+    site.victim.spawn()
+    site.cluster.wait_alive([c.host for c in site.cluster.conductors])
+
+    def back() -> bool:
+        seen = site.conductors_seen(restarted)
+        return all(site.victim.host in seen.get(agent, {}) for agent in site.moved)
+
+    wait_until(back, 90, "the restarted conductor polling its nodes again")
+    report("cluster: a restarted conductor polling its nodes", f"{time.time() - restarted:.1f} s")
+    time.sleep(WINDOW)
+    holders = site.ironic_conductor_of()
+    assert all(holders[agent] == site.victim.host for agent in site.moved), holders
+    commands = site.conductors_seen(site.killed_at, method="POST")
+    assert not commands, dict(commands)
+    assert site.fleet.all_in("wait call-back"), site.fleet.states()
+
+
+def test_the_deploys_finish_each_driven_by_one_conductor(site: Site):
+    """The images finish: every deploy goes on to ``active``, each agent getting its
+    remaining commands from one conductor, the one holding its node."""
+    released = time.time()
+    site.release.set()
+    wait_until(lambda: site.fleet.all_in("active"), 240, "every deploy active")
+    took = time.time() - released
+    report("cluster: 20 deploys active after their images finished", f"{took:.1f} s")
+    holders = site.ironic_conductor_of()
+    commands = site.conductors_seen(released, method="POST")
+    for i in range(NODES):
+        agent = f"{address(i)}:{AGENT_PORT}"
+        assert list(commands.get(agent, {})) == [holders[agent]], (agent, commands.get(agent))

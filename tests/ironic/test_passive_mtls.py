@@ -4,7 +4,7 @@ The agents are set up as an image built with the ``tacet-ca`` element would be: 
 client CA (``client-ca-file``), so every TLS handshake without a certificate from that
 CA is refused. ironic runs the plugin with ``[tacet] trust_mode = mtls`` and the
 conductor's certificate from ``tacet pki client``: the plugin's polls and ironic's own
-agent commands (its ``AgentClient``, through the plugin's ``CertifiedAgentClient``)
+agent commands (its ``AgentClient``, through the plugin's ``ConductorAgentClient``)
 present it. Nothing secret is on the boot path: no ``ipa-agent-token``.
 """
 
@@ -172,7 +172,7 @@ def test_ironics_own_agent_client_is_refused_and_the_plugins_is_answered(
         results = json.loads(done.stdout.splitlines()[-1])
         assert "AgentConnectionFailed" in results["ironic"].get("error", ""), results
         assert results["certified"] == {"commands": []}, results
-        assert results["get_client"] == "CertifiedAgentClient"
+        assert results["get_client"] == "ConductorAgentClient"
         agent.stop()
         # The refusal was the agent's, in the handshake, for the missing certificate.
         assert REFUSED_WITHOUT_CERTIFICATE in agent.log_text()
