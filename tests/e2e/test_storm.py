@@ -24,16 +24,12 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import math
 import os
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 
 from conductor import pki
@@ -42,6 +38,7 @@ from tests.agent.storm import ROOT
 from .conftest import NODE
 from .harness import AGENT_PORT, VM, AgentClient, Ramdisk, report
 from .netns import Namespace, require_namespace_tools
+from .polling import StormConductor, summary
 from .test_ramdisk import VIRTIO, agent_baseline, agent_facts, boot, mtls_context
 
 pytestmark = pytest.mark.e2e
@@ -110,33 +107,6 @@ def stormed(
             os.close(tap)
 
 
-async def poll(get: Callable[[], Awaitable[int]], polls: int, label: str) -> list[float]:
-    """``polls`` GET /v1/status at 1 Hz; their seconds, or infinity for a poll that failed
-    (the connection, its TLS handshake or the answer)."""
-    latencies: list[float] = []
-    for _ in range(polls):
-        started = time.monotonic()
-        try:
-            status = await asyncio.wait_for(get(), 30)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            print(
-                f"e2e: storm: {label} poll failed after {time.monotonic() - started:.1f} s: {exc!r}"
-            )
-            status = 0
-        latencies.append(time.monotonic() - started if status == 200 else math.inf)
-        await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
-    return latencies
-
-
-def summary(latencies: list[float]) -> str:
-    answered = [latency for latency in latencies if latency < math.inf]
-    return (
-        f"{len(answered)} of {len(latencies)} answered, max {max(answered, default=0) * 1000:.0f}"
-        f" ms, median {sorted(latencies)[len(latencies) // 2] * 1000:.0f} ms; each (ms): "
-        + " ".join(f"{latency * 1000:.0f}" for latency in latencies)
-    )
-
-
 async def test_storm_from_many_addresses_in_the_guest(stormed: Stormed):
     client = stormed.client
     before = await agent_baseline(client)
@@ -145,36 +115,9 @@ async def test_storm_from_many_addresses_in_the_guest(stormed: Stormed):
     connections_before = status["connections"]
     # The conductor as Tacet's polls: one kept-alive connection (conductor/http.py's Pool),
     # already in use when the storm begins; every new connection it had to make counted.
-    made: list[float] = []
-
-    async def connection_made(*_: object) -> None:
-        made.append(time.monotonic())
-
-    tracing = aiohttp.TraceConfig()
-    tracing.on_connection_create_end.append(connection_made)
-    conductor = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=client.context, keepalive_timeout=60),
-        timeout=aiohttp.ClientTimeout(total=30, sock_connect=5),
-        trace_configs=[tracing],
-    )
-
-    open_seen: list[int] = []  # the agent's open connections, as each poll found them
-    last: dict[str, Any] = {}  # the last status answered
-
-    async def kept_alive() -> int:
-        async with conductor.get(
-            client.base + "/v1/status", server_hostname=client.server_hostname
-        ) as response:
-            last.update(await response.json())
-            open_seen.append(last["connections"]["open"])
-            return response.status
-
-    async def new_connection() -> int:
-        return (await client.get_json("/v1/status"))[0]
-
     seconds = LEAD + POLLS + 1
-    async with conductor:
-        assert await kept_alive() == 200
+    async with StormConductor(client) as conductor:
+        assert await conductor.kept_alive() == 200
         storm = await asyncio.create_subprocess_exec(
             *stormed.namespace.command(
                 sys.executable,
@@ -197,19 +140,16 @@ async def test_storm_from_many_addresses_in_the_guest(stormed: Stormed):
         )
         try:
             await asyncio.sleep(LEAD)
-            kept, fresh = await asyncio.gather(
-                poll(kept_alive, POLLS, "kept-alive"),
-                delayed(0.5, poll(new_connection, POLLS, "new-connection")),
-            )
+            kept, fresh = await conductor.both(POLLS)
             output, _ = await asyncio.wait_for(storm.communicate(), seconds + 60)
         finally:
             if storm.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     storm.kill()
                 await storm.wait()
-        assert await kept_alive() == 200
+        assert await conductor.kept_alive() == 200
     counts = json.loads(output)
-    status = last
+    status, made, open_seen = conductor.last, conductor.made, conductor.open_seen
     rejections = {
         layer: count - rejections_before.get(layer, 0)
         for layer, count in status.get("rejections", {}).items()
@@ -245,8 +185,3 @@ async def test_storm_from_many_addresses_in_the_guest(stormed: Stormed):
     assert connections["refused"] > 0 and connections["evicted"] > 0, connections
     assert after.rss_kib - before.rss_kib < 20 * MIB // 1024, (before, after)
     assert after.journal_lines - before.journal_lines < 100, (before, after)
-
-
-async def delayed(seconds: float, work: Awaitable[list[float]]) -> list[float]:
-    await asyncio.sleep(seconds)
-    return await work
