@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +26,7 @@ from .conftest import Images, report
 from .launcher import IronicError, IronicService, locate_ironic
 from .machine import Machine
 from .node import inventory_in_one_disk_view
-from .passive import PASSIVE_OVERRIDES, PassiveMachine
+from .passive import PASSIVE_OVERRIDES, PassiveMachine, ramdisk_endpoint_answer
 
 
 @pytest.fixture(scope="module")
@@ -94,21 +91,6 @@ def stalling_server() -> Iterator[StallingServer]:
 async def agent_commands(address: str, token: str) -> list[str]:
     async with AgentClient(address, Options(Trust(), token)) as client:
         return [result.command_name for result in await client.list_commands()]
-
-
-def ramdisk_endpoint_answer(ironic: IronicService, path: str, body: object | None) -> int:
-    """The status ironic answers a ramdisk request with (a GET when there is no body)."""
-    request = urllib.request.Request(
-        ironic.url + path,
-        data=None if body is None else json.dumps(body).encode(),
-        method="GET" if body is None else "POST",
-        headers={"Content-Type": "application/json", "X-OpenStack-Ironic-API-Version": "latest"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return int(answer.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
 
 
 def test_the_ramdisk_endpoints_are_off(ironic: IronicService, machine: PassiveMachine) -> None:
