@@ -106,6 +106,8 @@ def check_passive_boot(
     """The agent ran passive, with no URL of ironic's, and the guest had no way to
     ironic and opened no connection but the allowed ones."""
     assert boot.banner_mode == "passive", boot.console[-2000:]
+    # tacet-pxe puts a token in the boot configuration in token-binding trust only: the
+    # plugin then checked the agent's binding of its certificate to it at first contact.
     assert "ipa-api-url" not in vm.kernel_args and "ipa-agent-token=" in vm.kernel_args
     assert (IRONIC_HOST, IRONIC_PORT) not in vm.guestfwds
     assert site.ironic.api_port not in vm.guestfwds.values(), vm.guestfwds
