@@ -20,35 +20,56 @@ a deployment behind NAT would be set up:
 
 ironic's power interface is ``fake``: the test plays it. It starts the VM once the node
 waits for its agent, and the VM powers itself off when the agent runs ironic's
-``standby.power_off``.
+``standby.power_off`` (or the test stops it when ironic is done with a boot that ends
+otherwise, e.g. inspection).
+
+A passive node (Tacet's ironic plugin, :class:`VmNode` with ``agent_port``) needs only the
+second bridge: ironic's ``tacet-pxe`` boot writes no ``ipa-api-url``, the guest gets no
+``guestfwd`` to ironic, and the plugin polls the agent at the VM's host forward, named in
+``driver_info/tacet_address``; no ``ipa-advertise-*`` is added.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.ironic.launcher import FAILURE_STATES, IronicApi, IronicError, IronicService
+from tests.ironic.launcher import (
+    FAILURE_STATES,
+    IronicApi,
+    IronicError,
+    IronicService,
+    locate_ironic,
+)
 from tests.ironic.node import ramdisk_cmdline
 
+from .disk_images import BootImage
 from .harness import (
+    IMAGE_HOST,
     IRONIC_HOST,
     IRONIC_PORT,
     VM,
+    BackgroundApp,
+    DiskBoot,
     HarnessError,
+    ImageServer,
     Ramdisk,
     Shape,
     UefiVM,
+    boot_from_disk,
     fingerprint,
     free_port,
+    report,
 )
 from .uefi_vars import BootEntries, boot_entries
 
@@ -74,19 +95,24 @@ HOP_BY_HOP = frozenset(
 QUICKER = {"api": {"ramdisk_heartbeat_timeout": "10"}}
 # What the guest kernel prints when the machine powers off (not on a panic's restart).
 POWER_DOWN = "reboot: Power down"
+# What would make an agent call ironic.
+PASSIVE_FORBIDDEN = frozenset({"ipa-api-url", "ipa-inspection-callback-url"})
+
+
+def without_bootif(ironic_cmdline: str) -> list[str]:
+    """``BOOTIF`` is left to the iPXE script, which adds it as pxelinux's ``ipappend 2``
+    does."""
+    return [word for word in ironic_cmdline.split() if word.partition("=")[0] != "BOOTIF"]
 
 
 def guest_kernel_args(ironic_cmdline: str, ironic_url: str, advertise_port: int) -> str:
     """The kernel parameters ironic wrote for the node, for the guest.
 
     ``ipa-api-url`` names ironic at ``ironic_url`` (127.0.0.1), which the guest reaches
-    at :data:`GUEST_IRONIC_URL`; ``BOOTIF`` is left to the iPXE script, which adds it as
-    pxelinux's ``ipappend 2`` does; the agent advertises the VM's host forward."""
+    at :data:`GUEST_IRONIC_URL`; the agent advertises the VM's host forward."""
     words, rewritten = [], False
-    for word in ironic_cmdline.split():
+    for word in without_bootif(ironic_cmdline):
         key, _, value = word.partition("=")
-        if key == "BOOTIF":
-            continue
         if key == "ipa-api-url":
             if value.rstrip("/") != ironic_url.rstrip("/"):
                 raise HarnessError(f"ironic gave ipa-api-url={value}, not its own {ironic_url}")
@@ -95,6 +121,17 @@ def guest_kernel_args(ironic_cmdline: str, ironic_url: str, advertise_port: int)
     if not rewritten:
         raise HarnessError(f"no ipa-api-url in ironic's kernel parameters: {ironic_cmdline}")
     words += ["ipa-advertise-host=127.0.0.1", f"ipa-advertise-port={advertise_port}"]
+    return " ".join(words)
+
+
+def passive_guest_kernel_args(ironic_cmdline: str) -> str:
+    """The kernel parameters ironic's ``tacet-pxe`` boot wrote for a passive node, as they
+    are: no URL of ironic's may be among them (the guest has no route to ironic anyway),
+    and nothing is added, since ironic finds the agent by ``driver_info/tacet_address``."""
+    words = without_bootif(ironic_cmdline)
+    call_backs = [w for w in words if w.partition("=")[0] in PASSIVE_FORBIDDEN]
+    if call_backs:
+        raise HarnessError(f"the passive boot names ironic: {' '.join(call_backs)}")
     return " ".join(words)
 
 
@@ -158,29 +195,44 @@ class GuestFacingIronic(IronicService):
 
 
 @dataclass
-class Deployment:
-    """What one ironic deploy into a VM showed."""
+class Boot:
+    """What one boot of the VM, for one of ironic's flows, showed."""
 
-    node: dict[str, Any]  # as ironic reported it at ``active``
-    seconds: float  # the deploy request to ``active``
-    seconds_to_heartbeat: float  # QEMU start to the first heartbeat ironic recorded
-    agent_urls: list[str]  # every ``agent_url`` ironic recorded (from the heartbeats)
-    kept_certificate: x509.Certificate  # the one ironic verifies the agent with
+    node: dict[str, Any]  # as ironic reported it at the end of the flow
+    seconds: float  # the provision-state request to its end
+    # QEMU start to the first agent_url ironic recorded (a heartbeat's, or a poll's that
+    # the plugin handed to ironic as one); 0 when there was none (inspection)
+    seconds_to_heartbeat: float
+    agent_urls: list[str]  # every ``agent_url`` ironic recorded (heartbeats or polls)
     banner_fingerprint: str  # the certificate the agent announced on the console
+    banner_mode: str  # the agent's mode, from the same line
     firmware: BootEntries | None  # UEFI: the NVRAM's entries when the agent started
-    exit_code: int  # QEMU's, after the guest powered itself off
+    exit_code: int | None  # QEMU's, when the guest powered itself off
     console: str  # the guest's serial console
     ironic_log: str
+
+
+@dataclass
+class Deployment(Boot):
+    """A boot that deployed: ironic kept the agent's certificate (``agent_verify_ca``)."""
+
+    kept_certificate: x509.Certificate  # the one ironic verifies the agent with
 
 
 @dataclass
 class VmNode:
     """A ``manual-management`` node for one VM: ``pxe`` boot, ``fake`` power, ``noop``
     management, ``direct`` deploy, a port with the VM's MAC, its root device by serial
-    (the VM's 2 GiB disk is below the agent's default minimum)."""
+    (the VM's 2 GiB disk is below the agent's default minimum).
+
+    A passive node (``agent_port`` set) is on Tacet's plugin instead:
+    ``tacet-manual-management`` with ``tacet-pxe`` boot and ``tacet-passive`` deploy, its
+    agent at the VM's host forward ``127.0.0.1:agent_port`` (``driver_info/tacet_address``)
+    and the VM's SMBIOS serial as the identity the agent must show."""
 
     ironic: IronicService
     uuid: str
+    agent_port: int = 0
 
     @property
     def api(self) -> IronicApi:
@@ -194,35 +246,47 @@ class VmNode:
         boot_mode: str,
         deploy_files_url: str,
         instance_info: dict[str, Any],
+        passive: bool = False,
+        automated_clean: bool = False,
     ) -> VmNode:
+        """The node, ``available`` (``manageable`` with automated cleaning, which needs
+        its agent)."""
         api = IronicApi(ironic.url)
-        node = api.post(
-            "/v1/nodes",
-            {
-                "name": f"e2e-{shape.name}",
-                "driver": "manual-management",
-                "boot_interface": "pxe",
-                "deploy_interface": "direct",
-                "power_interface": "fake",
-                "management_interface": "noop",
-                "network_interface": "noop",
-                "automated_clean": False,
-                "driver_info": {
-                    "deploy_kernel": f"{deploy_files_url}/deploy.kernel",
-                    "deploy_ramdisk": f"{deploy_files_url}/deploy.initramfs",
-                },
-                "properties": {
-                    "cpu_arch": "x86_64",
-                    "capabilities": f"boot_mode:{boot_mode}",
-                    "root_device": {"serial": shape.disk_serial},
-                },
-                "instance_info": instance_info,
+        agent_port = free_port() if passive else 0
+        body: dict[str, Any] = {
+            "name": f"e2e-{shape.name}",
+            "driver": "manual-management",
+            "boot_interface": "pxe",
+            "deploy_interface": "direct",
+            "power_interface": "fake",
+            "management_interface": "noop",
+            "inspect_interface": "agent",
+            "network_interface": "noop",
+            "automated_clean": automated_clean,
+            "driver_info": {
+                "deploy_kernel": f"{deploy_files_url}/deploy.kernel",
+                "deploy_ramdisk": f"{deploy_files_url}/deploy.initramfs",
             },
-        )
-        found = cls(ironic, node["uuid"])
+            "properties": {
+                "cpu_arch": "x86_64",
+                "capabilities": f"boot_mode:{boot_mode}",
+                "root_device": {"serial": shape.disk_serial},
+            },
+            "instance_info": instance_info,
+        }
+        if passive:
+            body["driver"] = "tacet-manual-management"
+            body["boot_interface"] = "tacet-pxe"
+            body["deploy_interface"] = "tacet-passive"
+            body["driver_info"]["tacet_address"] = f"127.0.0.1:{agent_port}"
+            body["driver_info"]["tacet_system_serial"] = shape.system_serial
+        found = cls(ironic, api.post("/v1/nodes", body)["uuid"], agent_port)
         try:
             api.post("/v1/ports", {"node_uuid": found.uuid, "address": shape.mac})
-            for target, state in (("manage", "manageable"), ("provide", "available")):
+            steps = [("manage", "manageable")]
+            if not automated_clean:
+                steps.append(("provide", "available"))
+            for target, state in steps:
                 api.set_provision_state(found.uuid, target)
                 api.wait_for_state(found.uuid, state, 60, FAILURE_STATES)
         except BaseException:
@@ -248,6 +312,8 @@ class VmNode:
 
     def kernel_args(self, vm: VM) -> str:
         cmdline = ramdisk_cmdline(self.ironic.workdir / "tftp", vm.shape.mac)
+        if self.agent_port:
+            return passive_guest_kernel_args(cmdline)
         return guest_kernel_args(cmdline, self.ironic.url, vm.host_port)
 
     def kept_certificate(self) -> x509.Certificate:
@@ -262,26 +328,46 @@ def drive_deploy(
     make_vm: Callable[[Ramdisk], VM],
     timeout: float = 600,
 ) -> tuple[VM, Deployment]:
-    """``deploy`` the node; once ironic waits for its agent, boot the VM that
-    ``make_vm`` makes for ironic's deploy ramdisk, with ironic's kernel parameters; wait
-    for ``active``. The VM is stopped in any case.
+    """``deploy`` the node (:func:`drive_boot`); the agent's ``standby.power_off`` ends
+    the guest."""
+    vm, boot = drive_boot(node, make_vm, "active", "wait call-back", "active", True, timeout)
+    fields = {name: getattr(boot, name) for name in Boot.__dataclass_fields__}
+    return vm, Deployment(**fields, kept_certificate=node.kept_certificate())
+
+
+def drive_boot(
+    node: VmNode,
+    make_vm: Callable[[Ramdisk], VM],
+    target: str,
+    waiting: str,
+    done: str,
+    guest_powers_off: bool,
+    timeout: float = 600,
+) -> tuple[VM, Boot]:
+    """Ask ironic for ``target``; once it is ``waiting`` for the agent, boot the VM that
+    ``make_vm`` makes for ironic's deploy ramdisk, with ironic's kernel parameters (a
+    passive node's VM at its ``agent_port``); wait for ``done``. With
+    ``guest_powers_off`` the guest must power itself off (the agent's
+    ``standby.power_off``), else the test plays ironic's power off. The VM is stopped in
+    any case.
 
     One more boot, as ``harness.boot_and_wait`` does, when the guest kernel panicked before
     /init (TCG's rare early int3 oops); ironic still waits then. A guest that exits
-    without powering off, or a failed deploy, fails at once with both logs.
+    without powering off, or a failed flow, fails at once with both logs.
     """
     api = node.api
-    api.set_provision_state(node.uuid, "active")
+    api.set_provision_state(node.uuid, target)
     started = time.monotonic()
-    api.wait_for_state(node.uuid, "wait call-back", 120, FAILURE_STATES)
+    api.wait_for_state(node.uuid, waiting, 120, FAILURE_STATES)
     vm = make_vm(node.deploy_ramdisk())
-    vm.host_port = vm.host_port or free_port()  # the agent advertises it
+    vm.host_port = node.agent_port or vm.host_port or free_port()  # the agent's address
     vm.kernel_args = f"{vm.kernel_args} {node.kernel_args(vm)}".strip()
     nvram = vm.nvram if isinstance(vm, UefiVM) else None
     agent_urls: list[str] = []
     firmware: BootEntries | None = None
     heartbeat_at = 0.0
     boots = 1
+    exit_code: int | None = None
     try:
         vm.start()
         deadline = started + timeout
@@ -296,7 +382,7 @@ def drive_deploy(
                 # OVMF made its entries on the way to the network boot; the agent has
                 # only just started and writes nothing before the image is on the disk.
                 firmware = boot_entries(nvram.read_bytes())
-            if state == "active" and current["target_provision_state"] is None:
+            if state == done and current["target_provision_state"] is None:
                 break
             if state in FAILURE_STATES:
                 raise IronicError(f"{state}: {current.get('last_error')}\n{logs(node, vm)}")
@@ -311,7 +397,7 @@ def drive_deploy(
                     vm.stop()
                     vm.start()
                     boots += 1
-                elif POWER_DOWN not in console:
+                elif POWER_DOWN not in console or not guest_powers_off:
                     raise HarnessError(
                         f"the guest exited while ironic was {state!r}\n{logs(node, vm)}"
                     )
@@ -319,19 +405,20 @@ def drive_deploy(
                 raise IronicError(f"still {state!r} after {timeout:g}s\n{logs(node, vm)}")
             time.sleep(0.5)
         seconds = time.monotonic() - started
-        exit_code = vm.wait_exit(60)
+        if guest_powers_off:
+            exit_code = vm.wait_exit(60)
     finally:
         vm.stop()
     banner = vm.banner()
     if banner is None:
         raise HarnessError(f"no agent banner on the console\n{vm.tail()}")
-    return vm, Deployment(
+    return vm, Boot(
         node=current,
         seconds=seconds,
         seconds_to_heartbeat=heartbeat_at,
         agent_urls=agent_urls,
-        kept_certificate=node.kept_certificate(),
         banner_fingerprint=banner["fingerprint"],
+        banner_mode=banner["mode"],
         firmware=firmware,
         exit_code=exit_code,
         console=vm.console_text(),
@@ -350,3 +437,110 @@ def certificate_ips(certificate: x509.Certificate) -> set[str]:
 
 def certificate_fingerprint(certificate: x509.Certificate) -> str:
     return fingerprint(certificate.public_bytes(serialization.Encoding.DER))
+
+
+# --- one ironic per test module, and what every deploy into a VM must show ------------
+
+
+@dataclass(frozen=True)
+class IronicSite:
+    ironic: GuestFacingIronic
+    proxy: ConductorProxy
+    deploy_files_url: str  # the deploy kernel and ramdisk, for ironic on 127.0.0.1
+
+
+@contextlib.contextmanager
+def ironic_site(
+    ramdisk: Ramdisk, workdir: Path, overrides: dict[str, dict[str, str]] | None = None
+) -> Iterator[IronicSite]:
+    """A real ironic (with ``overrides`` of its configuration, :data:`QUICKER` unless
+    given), its proxy to the guests' addresses, and the built ramdisk served to it as the
+    nodes' deploy kernel and ramdisk."""
+    try:
+        install = locate_ironic()
+    except IronicError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    proxy = ConductorProxy()
+    files = ImageServer({"deploy.kernel": ramdisk.kernel, "deploy.initramfs": ramdisk.initramfs})
+    with BackgroundApp(proxy.app) as proxy_app, BackgroundApp(files.app) as files_app:
+        service = GuestFacingIronic(
+            install,
+            workdir,
+            proxy_url=f"http://127.0.0.1:{proxy_app.port}",
+            overrides=QUICKER if overrides is None else overrides,
+        )
+        try:
+            service.start()
+        except IronicError as exc:
+            service.stop()
+            pytest.fail(str(exc), pytrace=False)
+        report("ironic start to API answering", f"{service.ready_seconds:.1f} s")
+        try:
+            yield IronicSite(service, proxy, f"http://127.0.0.1:{files_app.port}")
+        finally:
+            service.stop()
+            print(f"ironic log: {service.log}", flush=True)
+
+
+@contextlib.contextmanager
+def served_image(site: IronicSite, image: BootImage) -> Iterator[tuple[ImageServer, int]]:
+    """``image`` on a host server (and its port) for the guest's ``guestfwd`` to
+    :data:`IMAGE_HOST`, which ironic's proxy reaches too while it is served."""
+    images = ImageServer({image.path.name: image.path})
+    with BackgroundApp(images.app) as server:
+        site.proxy.routes[(IMAGE_HOST, 80)] = server.port
+        try:
+            yield images, server.port
+        finally:
+            del site.proxy.routes[(IMAGE_HOST, 80)]
+
+
+def whole_disk_instance_info(image: BootImage) -> dict[str, Any]:
+    """The instance: ``image`` by its URL as the guest sees it."""
+    return {
+        "image_source": f"http://{IMAGE_HOST}/{image.path.name}",
+        "image_os_hash_algo": "sha256",
+        "image_os_hash_value": image.sha256,
+        "image_disk_format": "raw",
+    }
+
+
+def check_deployment(
+    site: IronicSite, images: ImageServer, image: BootImage, vm: VM, deployment: Deployment
+) -> None:
+    """What every deploy must show: ``active``, the image fetched by the guest (and only
+    checked by ironic), the agent powered the guest off, TLS through the host forward
+    verified by the certificate the agent announced."""
+    report(f"{vm.shape.name}: ironic deploy -> active", f"{deployment.seconds:.1f} s")
+    report(
+        f"{vm.shape.name}: QEMU start -> first heartbeat in ironic",
+        f"{deployment.seconds_to_heartbeat:.1f} s",
+    )
+    assert deployment.node["last_error"] is None, deployment.node["last_error"]
+    # The guest downloaded the image; ironic only checked the URL (through the proxy).
+    name = f"/{image.path.name}"
+    assert ("GET", name) in images.requests, images.requests
+    assert ("HEAD", f"http://{IMAGE_HOST}{name}") in site.proxy.requests, site.proxy.requests
+    # ironic's standby.power_off: the guest powered itself off (QEMU exits cleanly).
+    node_uuid = deployment.node["uuid"]
+    assert f"Agent command standby.power_off for node {node_uuid} returned" in deployment.ironic_log
+    assert POWER_DOWN in deployment.console and deployment.exit_code == 0
+    # TLS through the forward: ironic called the agent at the VM's forward, verified
+    # against the certificate the agent announced on its console.
+    assert deployment.agent_urls == [f"https://127.0.0.1:{vm.host_port}"], deployment.agent_urls
+    assert certificate_fingerprint(deployment.kept_certificate) == deployment.banner_fingerprint
+    assert "127.0.0.1" in certificate_ips(deployment.kept_certificate)
+
+
+def disk_boot(vm: VM, image: BootImage) -> DiskBoot:
+    """The VM from its disk (``boot_from_disk``); the marker must be on the console and
+    QEMU must exit cleanly (the image powers off)."""
+    result = boot_from_disk(vm, image.marker)
+    tail = "\n".join(result.console.splitlines()[-30:])
+    assert result.seconds_to_marker is not None, f"no marker from the disk; console:\n{tail}"
+    report(
+        f"{vm.shape.name}: disk boot (QEMU start) -> marker", f"{result.seconds_to_marker:.1f} s"
+    )
+    assert result.exit_code == 0, tail
+    assert "iPXE" not in result.console and "PXE" not in result.console  # no network boot
+    return result

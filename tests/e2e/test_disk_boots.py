@@ -30,13 +30,10 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.ironic.launcher import IronicError, locate_ironic
 
 from .disk_images import UEFI_LOADER_PATH, BootImage, bios_image, uefi_image
 from .harness import (
@@ -46,25 +43,25 @@ from .harness import (
     OVMF_VARS,
     VM,
     BackgroundApp,
-    DiskBoot,
     HarnessError,
     ImageServer,
     Ramdisk,
     Shape,
     UefiVM,
     boot_from_disk,
-    report,
 )
 from .ironic_vm import (
-    POWER_DOWN,
     ConductorProxy,
     Deployment,
-    GuestFacingIronic,
+    IronicSite,
     VmNode,
-    certificate_fingerprint,
-    certificate_ips,
+    check_deployment,
+    disk_boot,
     drive_deploy,
     guest_kernel_args,
+    ironic_site,
+    served_image,
+    whole_disk_instance_info,
 )
 from .uefi_vars import (
     GLOBAL_VARIABLE,
@@ -95,109 +92,39 @@ UEFI = Shape(
 )
 
 
-@dataclass(frozen=True)
-class IronicSite:
-    ironic: GuestFacingIronic
-    proxy: ConductorProxy
-    deploy_files_url: str  # the deploy kernel and ramdisk, for ironic on 127.0.0.1
-
-
 @pytest.fixture(scope="module")
 def site(ramdisk: Ramdisk, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IronicSite]:
-    """One real ironic for this module, its proxy to the guests' addresses, and the
-    built ramdisk served to it as the nodes' deploy kernel and ramdisk."""
-    try:
-        install = locate_ironic()
-    except IronicError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    proxy = ConductorProxy()
-    files = ImageServer({"deploy.kernel": ramdisk.kernel, "deploy.initramfs": ramdisk.initramfs})
-    with BackgroundApp(proxy.app) as proxy_app, BackgroundApp(files.app) as files_app:
-        service = GuestFacingIronic(
-            install,
-            tmp_path_factory.mktemp("ironic"),
-            proxy_url=f"http://127.0.0.1:{proxy_app.port}",
-        )
-        try:
-            service.start()
-        except IronicError as exc:
-            service.stop()
-            pytest.fail(str(exc), pytrace=False)
-        report("ironic start to API answering", f"{service.ready_seconds:.1f} s")
-        try:
-            yield IronicSite(service, proxy, f"http://127.0.0.1:{files_app.port}")
-        finally:
-            service.stop()
-            print(f"ironic log: {service.log}", flush=True)
+    """One real ironic for this module (``ironic_vm.ironic_site``)."""
+    with ironic_site(ramdisk, tmp_path_factory.mktemp("ironic")) as found:
+        yield found
 
 
 def deploy_with_ironic(
     site: IronicSite, make_vm: Callable[[Ramdisk], VM], shape: Shape, image: BootImage
 ) -> tuple[VM, Deployment]:
-    """Enroll the VM as a node, deploy ``image`` with ironic, and check what every
-    deploy must show: ``active``, the image fetched by the guest (and only checked by
-    ironic), the agent powered the guest off, auto TLS through the host forward."""
-    images = ImageServer({image.path.name: image.path})
-    with BackgroundApp(images.app) as server:
-        site.proxy.routes[(IMAGE_HOST, 80)] = server.port
+    """Enroll the VM as a node, deploy ``image`` with ironic (the guest reaches ironic's
+    API through ``guestfwd``), and check what every deploy must show."""
+    with served_image(site, image) as (images, image_port):
         node = VmNode.enroll(
             site.ironic,
             shape,
             "uefi" if shape is UEFI else "bios",
             site.deploy_files_url,
-            {
-                "image_source": f"http://{IMAGE_HOST}/{image.path.name}",
-                "image_os_hash_algo": "sha256",
-                "image_os_hash_value": image.sha256,
-                "image_disk_format": "raw",
-            },
+            whole_disk_instance_info(image),
         )
         try:
 
             def booted_vm(ramdisk: Ramdisk) -> VM:
                 vm: VM = make_vm(ramdisk)
-                vm.guestfwds[(IMAGE_HOST, 80)] = server.port
+                vm.guestfwds[(IMAGE_HOST, 80)] = image_port
                 vm.guestfwds[(IRONIC_HOST, IRONIC_PORT)] = site.ironic.api_port
                 return vm
 
             vm, deployment = drive_deploy(node, booted_vm)
         finally:
             node.delete()
-            del site.proxy.routes[(IMAGE_HOST, 80)]
-    report(f"{shape.name}: ironic deploy -> active", f"{deployment.seconds:.1f} s")
-    report(
-        f"{shape.name}: QEMU start -> first heartbeat in ironic",
-        f"{deployment.seconds_to_heartbeat:.1f} s",
-    )
-    assert deployment.node["last_error"] is None, deployment.node["last_error"]
-    # The guest downloaded the image; ironic only checked the URL (through the proxy).
-    name = f"/{image.path.name}"
-    assert ("GET", name) in images.requests, images.requests
-    assert ("HEAD", f"http://{IMAGE_HOST}{name}") in site.proxy.requests, site.proxy.requests
-    # ironic's standby.power_off: the guest powered itself off (QEMU exits cleanly).
-    node_uuid = deployment.node["uuid"]
-    assert f"Agent command standby.power_off for node {node_uuid} returned" in deployment.ironic_log
-    assert POWER_DOWN in deployment.console and deployment.exit_code == 0
-    # Auto TLS through the forward: ironic called the agent at the advertised address,
-    # verified against the certificate the agent announced on its console.
-    assert deployment.agent_urls == [f"https://127.0.0.1:{vm.host_port}"], deployment.agent_urls
-    assert certificate_fingerprint(deployment.kept_certificate) == deployment.banner_fingerprint
-    assert "127.0.0.1" in certificate_ips(deployment.kept_certificate)
+    check_deployment(site, images, image, vm, deployment)
     return vm, deployment
-
-
-def disk_boot(vm: VM, image: BootImage) -> DiskBoot:
-    """The VM from its disk (``boot_from_disk``); the marker must be on the console and
-    QEMU must exit cleanly (the image powers off)."""
-    result = boot_from_disk(vm, image.marker)
-    tail = "\n".join(result.console.splitlines()[-30:])
-    assert result.seconds_to_marker is not None, f"no marker from the disk; console:\n{tail}"
-    report(
-        f"{vm.shape.name}: disk boot (QEMU start) -> marker", f"{result.seconds_to_marker:.1f} s"
-    )
-    assert result.exit_code == 0, tail
-    assert "iPXE" not in result.console and "PXE" not in result.console  # no network boot
-    return result
 
 
 def test_ironic_deploys_bios_and_the_disk_boots(

@@ -14,10 +14,13 @@ Every passive agent runs under an outbound audit (``outbound.py``): after it sto
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .launcher import IronicError, free_port
+from .launcher import IronicError, IronicService, free_port
 from .machine import Machine
 from .node import LocalAgent
 from .outbound import Outbound, audit_prefix, outbound, read_complete
@@ -121,3 +124,18 @@ class PassiveMachine(Machine):
         self.agents.append(agent)
         agent.start()
         return agent
+
+
+def ramdisk_endpoint_answer(ironic: IronicService, path: str, body: object | None) -> int:
+    """The status ironic answers a ramdisk request with (a GET when there is no body)."""
+    request = urllib.request.Request(
+        ironic.url + path,
+        data=None if body is None else json.dumps(body).encode(),
+        method="GET" if body is None else "POST",
+        headers={"Content-Type": "application/json", "X-OpenStack-Ironic-API-Version": "latest"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,7 +32,7 @@ from .conftest import Images, report
 from .launcher import IronicError, IronicService, locate_ironic
 from .machine import Machine
 from .node import LocalAgent, inventory_in_one_disk_view
-from .passive import PASSIVE_OVERRIDES, PassiveAgent, PassiveMachine
+from .passive import PASSIVE_OVERRIDES, PassiveAgent, PassiveMachine, ramdisk_endpoint_answer
 
 
 @pytest.fixture(scope="module")
@@ -106,21 +103,6 @@ def destinations(agent: LocalAgent) -> set[str]:
     """host:port of everything the (stopped) agent connected or sent to over IP."""
     assert isinstance(agent, PassiveAgent)
     return {found.endpoint for found in agent.outbound()}
-
-
-def ramdisk_endpoint_answer(ironic: IronicService, path: str, body: object | None) -> int:
-    """The status ironic answers a ramdisk request with (a GET when there is no body)."""
-    request = urllib.request.Request(
-        ironic.url + path,
-        data=None if body is None else json.dumps(body).encode(),
-        method="GET" if body is None else "POST",
-        headers={"Content-Type": "application/json", "X-OpenStack-Ironic-API-Version": "latest"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return int(answer.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
 
 
 def test_the_ramdisk_endpoints_are_off(ironic: IronicService, machine: PassiveMachine) -> None:
