@@ -50,6 +50,7 @@ from tests.ironic.launcher import (
     IronicError,
     IronicService,
     locate_ironic,
+    node_body,
 )
 from tests.ironic.node import ramdisk_cmdline
 
@@ -253,32 +254,17 @@ class VmNode:
         its agent)."""
         api = IronicApi(ironic.url)
         agent_port = free_port() if passive else 0
-        body: dict[str, Any] = {
-            "name": f"e2e-{shape.name}",
-            "driver": "manual-management",
-            "boot_interface": "pxe",
-            "deploy_interface": "direct",
-            "power_interface": "fake",
-            "management_interface": "noop",
-            "inspect_interface": "agent",
-            "network_interface": "noop",
-            "automated_clean": automated_clean,
-            "driver_info": {
-                "deploy_kernel": f"{deploy_files_url}/deploy.kernel",
-                "deploy_ramdisk": f"{deploy_files_url}/deploy.initramfs",
-            },
-            "properties": {
-                "cpu_arch": "x86_64",
-                "capabilities": f"boot_mode:{boot_mode}",
-                "root_device": {"serial": shape.disk_serial},
-            },
-            "instance_info": instance_info,
-        }
+        body = node_body(
+            f"{deploy_files_url}/deploy.kernel",
+            f"{deploy_files_url}/deploy.initramfs",
+            name=f"e2e-{shape.name}",
+            boot_mode=boot_mode,
+            root_device={"serial": shape.disk_serial},
+            instance_info=instance_info,
+            automated_clean=automated_clean,
+            passive_address=f"127.0.0.1:{agent_port}" if passive else None,
+        )
         if passive:
-            body["driver"] = "tacet-manual-management"
-            body["boot_interface"] = "tacet-pxe"
-            body["deploy_interface"] = "tacet-passive"
-            body["driver_info"]["tacet_address"] = f"127.0.0.1:{agent_port}"
             body["driver_info"]["tacet_system_serial"] = shape.system_serial
         found = cls(ironic, api.post("/v1/nodes", body)["uuid"], agent_port)
         try:

@@ -8,6 +8,7 @@ skipped. See README.md beside this file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import subprocess
@@ -34,6 +35,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.ironic)
 
 
+@contextlib.contextmanager
+def running_ironic(
+    workdir: Path, overrides: dict[str, dict[str, str]] | None = None
+) -> Iterator[IronicService]:
+    """An all-in-one ironic in ``workdir`` for a fixture; a missing or failing ironic
+    fails the test (with its log's tail), it never skips."""
+    try:
+        install = locate_ironic()
+    except IronicError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    service = IronicService(install, workdir, overrides=overrides or {})
+    try:
+        service.start()
+    except IronicError as exc:
+        service.stop()
+        pytest.fail(f"{exc}\n{service.tail()}", pytrace=False)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
 def report(label: str, value: str) -> None:
     """Figures for the log of the run (``-s``, or the captured output on failure)."""
     print(f"ironic figure: {label}: {value}", flush=True)
@@ -57,20 +80,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 @pytest.fixture(scope="session")
 def ironic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IronicService]:
     """One ironic for the whole run; each test enrolls (and deletes) its own node."""
-    try:
-        install = locate_ironic()
-    except IronicError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    service = IronicService(install, tmp_path_factory.mktemp("ironic"))
-    try:
-        service.start()
-    except IronicError as exc:
-        service.stop()
-        pytest.fail(str(exc), pytrace=False)
-    report("ironic", f"{install.version} from {install.venv}, API at {service.url}")
-    report("ironic start to API answering", f"{service.ready_seconds:.1f} s")
-    yield service
-    service.stop()
+    with running_ironic(tmp_path_factory.mktemp("ironic")) as service:
+        install = service.install
+        report("ironic", f"{install.version} from {install.venv}, API at {service.url}")
+        report("ironic start to API answering", f"{service.ready_seconds:.1f} s")
+        yield service
     print(f"ironic log: {service.log}", flush=True)
 
 

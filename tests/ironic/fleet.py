@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .launcher import IronicApi
+from .launcher import IronicApi, node_body
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 INVENTORY = ROOT / "tests" / "fixtures" / "qemu-virtio" / "expected.json"
@@ -204,27 +204,17 @@ class PassiveFleet:
 
     def node_body(self, i: int) -> dict[str, Any]:
         base = self.images_url
-        return {
-            "driver": "tacet-manual-management",
-            "boot_interface": "tacet-pxe",
-            "deploy_interface": "tacet-passive",
-            "power_interface": "fake",
-            "management_interface": "noop",
-            "network_interface": "noop",
-            "automated_clean": False,
-            "driver_info": {
-                "deploy_kernel": f"{base}/deploy.kernel",
-                "deploy_ramdisk": f"{base}/deploy.initramfs",
-                "tacet_address": f"{address(i)}:{AGENT_PORT}",
-            },
-            "instance_info": {
+        return node_body(
+            f"{base}/deploy.kernel",
+            f"{base}/deploy.initramfs",
+            instance_info={
                 "image_source": f"{base}/image-{i}.raw",
                 "image_os_hash_algo": "sha256",
                 "image_os_hash_value": IMAGE_SHA256,
                 "image_disk_format": "raw",
             },
-            "properties": {"cpu_arch": "x86_64", "capabilities": "boot_mode:bios"},
-        }
+            passive_address=f"{address(i)}:{AGENT_PORT}",
+        )
 
     def states(self) -> dict[str, str]:
         listed = list_nodes(self.api, "provision_state")

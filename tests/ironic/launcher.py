@@ -331,6 +331,48 @@ class IronicService:
         return found
 
 
+# --- enrolling ---------------------------------------------------------------------------
+
+
+def node_body(
+    deploy_kernel: str,
+    deploy_ramdisk: str,
+    *,
+    name: str | None = None,
+    boot_mode: str = "bios",
+    root_device: dict[str, str] | None = None,
+    instance_info: dict[str, Any] | None = None,
+    automated_clean: bool = False,
+    passive_address: str | None = None,
+) -> dict[str, Any]:
+    """A ``POST /v1/nodes`` body: ``manual-management`` with ``pxe`` boot, ``fake`` power,
+    ``direct`` deploy and ``agent`` inspection, or with ``passive_address`` (the agent's
+    host:port) Tacet's plugin: ``tacet-manual-management``, ``tacet-pxe``, ``tacet-passive``."""
+    body: dict[str, Any] = {
+        "driver": "manual-management",
+        "boot_interface": "pxe",
+        "deploy_interface": "direct",
+        "power_interface": "fake",
+        "management_interface": "noop",
+        "inspect_interface": "agent",
+        "network_interface": "noop",
+        "automated_clean": automated_clean,
+        "driver_info": {"deploy_kernel": deploy_kernel, "deploy_ramdisk": deploy_ramdisk},
+        "properties": {"cpu_arch": "x86_64", "capabilities": f"boot_mode:{boot_mode}"},
+        "instance_info": instance_info or {},
+    }
+    if name is not None:
+        body["name"] = name
+    if root_device is not None:
+        body["properties"]["root_device"] = root_device
+    if passive_address is not None:
+        body["driver"] = "tacet-manual-management"
+        body["boot_interface"] = "tacet-pxe"
+        body["deploy_interface"] = "tacet-passive"
+        body["driver_info"]["tacet_address"] = passive_address
+    return body
+
+
 # --- the REST API --------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .launcher import FAILURE_STATES, IronicApi, IronicError, IronicService
+from .launcher import FAILURE_STATES, IronicApi, IronicError, IronicService, node_body
 from .node import LocalAgent, LoopDisk, ramdisk_cmdline
 
 STATE_TIMEOUT = 240.0
@@ -53,28 +53,16 @@ class Machine:
         """Create the node and its ports and make it ``manageable``; its UUID."""
         node = self.api.post(
             "/v1/nodes",
-            {
-                "name": f"tacet-{self.workdir.name}".lower()[:60],
-                "driver": "manual-management",
-                "boot_interface": "pxe",
-                "deploy_interface": "direct",
-                "power_interface": "fake",
-                "management_interface": "noop",
-                "inspect_interface": "agent",
-                "network_interface": "noop",
-                "automated_clean": automated_clean,
-                "driver_info": {
-                    "deploy_kernel": self.deploy_kernel,
-                    "deploy_ramdisk": self.deploy_ramdisk,
-                },
-                "properties": {
-                    "cpu_arch": "x86_64",
-                    "capabilities": f"boot_mode:{boot_mode}",
-                    # The agent sees one disk, but ironic's hint travels all the same.
-                    "root_device": {"name": self.disk.device},
-                },
-                "instance_info": instance_info or {},
-            },
+            node_body(
+                self.deploy_kernel,
+                self.deploy_ramdisk,
+                name=f"tacet-{self.workdir.name}".lower()[:60],
+                boot_mode=boot_mode,
+                # The agent sees one disk, but ironic's hint travels all the same.
+                root_device={"name": self.disk.device},
+                instance_info=instance_info,
+                automated_clean=automated_clean,
+            ),
         )
         self.uuid = node["uuid"]
         for mac in self.macs:

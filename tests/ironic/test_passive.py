@@ -28,8 +28,8 @@ from aiohttp import web
 from conductor.client import AgentClient, Options, Trust
 from tests.e2e.harness import BackgroundApp
 
-from .conftest import Images, report
-from .launcher import IronicError, IronicService, locate_ironic
+from .conftest import Images, report, running_ironic
+from .launcher import IronicService
 from .machine import Machine
 from .node import LocalAgent, inventory_in_one_disk_view
 from .passive import PASSIVE_OVERRIDES, PassiveAgent, PassiveMachine, ramdisk_endpoint_answer
@@ -38,20 +38,8 @@ from .passive import PASSIVE_OVERRIDES, PassiveAgent, PassiveMachine, ramdisk_en
 @pytest.fixture(scope="module")
 def ironic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IronicService]:
     """An ironic of its own: the ramdisk endpoints off, the plugin's interfaces on."""
-    try:
-        install = locate_ironic()
-    except IronicError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    service = IronicService(
-        install, tmp_path_factory.mktemp("ironic-passive"), overrides=PASSIVE_OVERRIDES
-    )
-    try:
-        service.start()
-    except IronicError as exc:
-        service.stop()
-        pytest.fail(f"{exc}\n{service.tail()}", pytrace=False)
-    yield service
-    service.stop()
+    with running_ironic(tmp_path_factory.mktemp("ironic-passive"), PASSIVE_OVERRIDES) as service:
+        yield service
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ import pytest
 
 from conductor import pki
 
-from .conftest import Images, report
-from .launcher import NO_PROXY, IronicError, IronicService, free_port, locate_ironic
+from .conftest import Images, report, running_ironic
+from .launcher import NO_PROXY, IronicService, free_port, locate_ironic
 from .node import REPO, LoopDisk
 from .passive import PASSIVE_OVERRIDES, PassiveAgent, PassiveMachine
 
@@ -65,20 +65,9 @@ def mtls_overrides(conductor_pki: ConductorPki) -> dict[str, dict[str, str]]:
 def ironic(
     tmp_path_factory: pytest.TempPathFactory, conductor_pki: ConductorPki
 ) -> Iterator[IronicService]:
-    try:
-        install = locate_ironic()
-    except IronicError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    service = IronicService(
-        install, tmp_path_factory.mktemp("ironic-mtls"), overrides=mtls_overrides(conductor_pki)
-    )
-    try:
-        service.start()
-    except IronicError as exc:
-        service.stop()
-        pytest.fail(f"{exc}\n{service.tail()}", pytrace=False)
-    yield service
-    service.stop()
+    workdir = tmp_path_factory.mktemp("ironic-mtls")
+    with running_ironic(workdir, mtls_overrides(conductor_pki)) as service:
+        yield service
 
 
 @pytest.fixture
