@@ -1,0 +1,147 @@
+"""Passive polling spread over 1, 2 or 3 ironic conductors: each one's CPU and memory, and
+whether every agent is polled within the interval.
+
+The site of tests/ironic/test_cluster.py, at scale: PostgreSQL (Debian's package, a
+throw-away cluster), one ``ironic-api`` and C ``ironic-conductor`` processes on JSON-RPC
+with Tacet's plugin, and N real Tacet agents on loopback addresses, several hundred to a
+process (tests/ironic/fleet.py), their deploys held mid-download so that every node
+stays in ``wait call-back`` and is polled every ``--interval`` seconds. After first
+contact and two quiet intervals, ``--rounds`` intervals are measured:
+
+- per conductor: CPU seconds per interval as a share of one core, RSS, and how many
+  agents it polled (from the agents' access logs, where the plugin names its conductor);
+- the round: the longest gap between two polls of one agent, and how many agents had a
+  gap longer than 1.5 intervals (a round that did not finish in time).
+
+    .venv/bin/python bench/ironic_scale.py [--sizes 1000,5000] [--conductors 1,2,3]
+        [--interval 10] [--rounds 6] [--workers 4]
+
+Run it alone on the machine; the agents share its cores with the conductors, and their
+CPU is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import fleet as agent_fleet  # noqa: E402
+from ironic_poll import rss_of, tree_pids  # noqa: E402
+
+from tests.e2e.harness import BackgroundApp  # noqa: E402
+from tests.ironic.cluster import IronicCluster  # noqa: E402
+from tests.ironic.fleet import (  # noqa: E402
+    PassiveFleet,
+    conductor_of,
+    raise_open_files,
+    stalling_app,
+    wait_until,
+)
+from tests.ironic.launcher import locate_ironic  # noqa: E402
+from tests.ironic.passive import PASSIVE_OVERRIDES  # noqa: E402
+
+
+def overrides(interval: int) -> dict[str, dict[str, str]]:
+    found = {section: dict(values) for section, values in PASSIVE_OVERRIDES.items()}
+    found["tacet"] = {"poll_interval": str(interval), "poll_timeout": "10"}
+    found["conductor"] = {"deploy_callback_timeout": "7200", "workers_pool_size": "400"}
+    found["api"]["ramdisk_heartbeat_timeout"] = "900"
+    return found
+
+
+def gaps(entries: list[dict[str, Any]]) -> dict[str, float]:
+    """agent -> the longest time between two of its polls (GET /v1/status)."""
+    times: dict[str, list[float]] = collections.defaultdict(list)
+    for entry in entries:
+        if entry["method"] == "GET" and entry["path"] == "/v1/status":
+            times[entry["local"]].append(entry["time"])
+    return {
+        agent: max((b - a for a, b in zip(sorted(t), sorted(t)[1:], strict=False)), default=0.0)
+        for agent, t in times.items()
+    }
+
+
+def run(n: int, conductors: int, interval: int, rounds: int, workers: int, workdir: Path) -> None:
+    site = workdir / f"site-{n}-{conductors}"
+    cluster = IronicCluster(locate_ironic(), site, [""] * conductors, overrides(interval))
+    with BackgroundApp(stalling_app()) as images:
+        fleet: PassiveFleet | None = None
+        try:
+            began = time.monotonic()
+            cluster.start()
+            fleet = PassiveFleet(
+                cluster.url, f"http://127.0.0.1:{images.port}", site, n, workers, access_log=True
+            )
+            fleet.poll_timeout = 3600
+            fleet.enroll_and_deploy()
+            deployed = time.monotonic() - began
+            fleet.start_agents([c.workdir / "tftp" for c in cluster.conductors])
+            wait_until(lambda: fleet.contacted() == n, 3600, "first contact with every agent")
+            contact = time.monotonic() - began - deployed
+            time.sleep(2 * interval)
+            pids = {c.host: tree_pids(c.process.pid) for c in cluster.conductors if c.process}
+            cpu = {host: agent_fleet.process_cpu_seconds(p) for host, p in pids.items()}
+            since = time.time()
+            time.sleep(rounds * interval)
+            cpu = {h: agent_fleet.process_cpu_seconds(p) - cpu[h] for h, p in pids.items()}
+            rss = {host: rss_of(p) for host, p in pids.items()}
+            entries = fleet.access_entries(since)
+            polled: collections.Counter[str] = collections.Counter()
+            holder = {}
+            for entry in entries:
+                conductor = conductor_of(entry["user_agent"] or "")
+                if conductor is not None:
+                    holder[entry["local"]] = conductor
+            polled.update(holder.values())
+            longest = gaps(entries)
+            late = sum(1 for gap in longest.values() if gap > 1.5 * interval)
+            unpolled = n - len(longest)
+            for host in sorted(cpu):
+                print(
+                    f"{n:>6} {conductors:>10} {host:>17} {polled[host]:>7}"
+                    f" {100 * cpu[host] / (rounds * interval):>6.1f}% {rss[host]:>8.0f}"
+                    f" {max(longest.values(), default=0):>8.1f} {late + unpolled:>5}"
+                    f" {deployed:>9.0f} {contact:>8.0f}",
+                    flush=True,
+                )
+        finally:
+            if fleet is not None:
+                fleet.stop()
+            cluster.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000,5000")
+    parser.add_argument("--conductors", default="1,2,3")
+    parser.add_argument("--interval", type=int, default=10, help="[tacet] poll_interval")
+    parser.add_argument("--rounds", type=int, default=6, help="intervals measured")
+    parser.add_argument("--workers", type=int, default=4, help="agent processes")
+    args = parser.parse_args()
+    raise_open_files()
+    workdir = Path(tempfile.mkdtemp(prefix="tacet-ironic-scale-"))
+    print(f"poll interval {args.interval} s; CPU over {args.rounds} intervals after first contact")
+    print(
+        f"{'nodes':>6} {'conductors':>10} {'conductor':>17} {'agents':>7} {'core':>7}"
+        f" {'RSS MiB':>8} {'max gap':>8} {'late':>5} {'deploy s':>9} {'found s':>8}"
+    )
+    try:
+        for n in (int(v) for v in args.sizes.split(",")):
+            for conductors in (int(v) for v in args.conductors.split(",")):
+                run(n, conductors, args.interval, args.rounds, args.workers, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
