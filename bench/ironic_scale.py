@@ -60,10 +60,10 @@ def overrides(interval: int) -> dict[str, dict[str, str]]:
 
 
 def gaps(entries: list[dict[str, Any]]) -> dict[str, float]:
-    """agent -> the longest time between two of its polls (GET /v1/status)."""
+    """agent -> the longest time between two of its polls (a conductor's GETs)."""
     times: dict[str, list[float]] = collections.defaultdict(list)
     for entry in entries:
-        if entry["method"] == "GET" and entry["path"] == "/v1/status":
+        if entry["method"] == "GET" and conductor_of(entry["user_agent"] or ""):
             times[entry["local"]].append(entry["time"])
     return {
         agent: max((b - a for a, b in zip(sorted(t), sorted(t)[1:], strict=False)), default=0.0)
