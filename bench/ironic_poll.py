@@ -11,15 +11,20 @@ download, so after first contact every node stays in ``wait call-back`` with a r
 ``write_image``, the steady state of a long step: each sweep is then, per node, one
 command-list poll by the plugin, and a heartbeat into ironic (its lock, database writes,
 ironic's own command-status request) only for the refreshes that fall due, about one
-per node every half ``ramdisk_heartbeat_timeout`` (left at ironic's 300 s).
+per node every half ``ramdisk_heartbeat_timeout`` (set to ironic's default, 300 s).
 
-Figures: ironic's RSS idle (started, no node), with N nodes polled, the CPU seconds of
-ironic's processes per sweep (over --sweeps sweeps), as a share of one core, and the
-heartbeats ironic processed per sweep (its debug log's "Heartbeat from node" lines).
+Figures: ironic's RSS idle (started, no node), with N nodes deployed up to ``wait
+call-back`` and no agent up yet (ironic's own share), and with N nodes polled; the CPU
+seconds of ironic's processes per sweep (over --sweeps sweeps), as a share of one core;
+the heartbeats ironic processed per sweep (its debug log's "Heartbeat from node" lines).
 Goal: 1,000 nodes polled every 10 s cost less than 25 % of one core and < 100 MiB over
 an idle ironic. Run it alone on the machine:
 
     .venv/bin/python bench/ironic_poll.py [--sizes 100,1000] [--interval 10] [--sweeps 6]
+
+TACET_BENCH_PROFILE=FILE samples ironic with py-spy (installed into ironic's virtualenv
+by hand) over the measured sweeps, into FILE.<nodes>. Ctrl-C, SIGTERM or an error ends
+ironic and the agent workers (each in a process group of its own) before the bench exits.
 """
 
 from __future__ import annotations
@@ -243,14 +248,20 @@ def wait_until(check: Any, timeout: float, what: str) -> None:
     raise SystemExit(f"bench: {what} did not happen within {timeout:.0f} s")
 
 
-def run_size(n: int, interval: int, sweeps: int, workers: int, workdir: Path) -> dict[str, Any]:
+def run_size(
+    n: int, interval: int, sweeps: int, workers: int, workdir: Path, settle: float
+) -> dict[str, Any]:
     from tests.e2e.harness import BackgroundApp
     from tests.ironic.launcher import IronicApi, IronicService, locate_ironic
     from tests.ironic.passive import PASSIVE_OVERRIDES
 
     overrides = {key: dict(value) for key, value in PASSIVE_OVERRIDES.items()}
     overrides["tacet"] = {"poll_interval": str(interval), "poll_timeout": "10"}
-    overrides["conductor"] = {"deploy_callback_timeout": "3600", "workers_pool_size": "400"}
+    overrides["conductor"] = {
+        "deploy_callback_timeout": "3600",
+        "workers_pool_size": "400",
+        "max_concurrent_deploy": str(max(250, n)),  # ironic 503s the 251st deploy in flight
+    }
     overrides["api"]["ramdisk_heartbeat_timeout"] = "300"  # ironic's default, not the tests' 30
     ironic = IronicService(locate_ironic(), workdir / f"ironic-{n}", overrides=overrides)
     agents: list[subprocess.Popen[str]] = []
@@ -312,9 +323,19 @@ def run_size(n: int, interval: int, sweeps: int, workers: int, workdir: Path) ->
             for uuid in uuids:
                 api.set_provision_state(uuid, "provide")
             wait_until(lambda: all_in("available"), 600, f"{n} nodes available")
-            for uuid in uuids:
+            # One deploy first: it puts the deploy kernel and ramdisk into ironic's image
+            # cache, which many deploys filling it at once can race on (a node then
+            # fails "No such file or directory" under tftp-master).
+            api.set_provision_state(uuids[0], "active")
+            wait_until(
+                lambda: api.node(uuids[0])["provision_state"] == "wait call-back",
+                300,
+                "the first node in wait call-back",
+            )
+            for uuid in uuids[1:]:
                 api.set_provision_state(uuid, "active")
             wait_until(lambda: all_in("wait call-back"), 1200, f"{n} nodes in wait call-back")
+            enrolled_rss = rss_of(tree_pids(ironic.process.pid))  # no agent up yet
 
             tokens = {}
             for i in range(n):
@@ -350,7 +371,7 @@ def run_size(n: int, interval: int, sweeps: int, workers: int, workdir: Path) ->
             began = time.monotonic()
             wait_until(all_contacted, 1200, f"first contact with {n} agents")
             first_contact_s = time.monotonic() - began
-            time.sleep(interval * 2)  # the write_image commands started, steady state
+            time.sleep(settle)  # the write_image commands started, the first refreshes spread
             pids = tree_pids(ironic.process.pid)
             profiler = start_profiler(
                 ironic.process.pid, interval * sweeps, ironic.install.bin, str(n)
@@ -369,6 +390,7 @@ def run_size(n: int, interval: int, sweeps: int, workers: int, workdir: Path) ->
             waiting = sum(1 for x in still if x["provision_state"] == "wait call-back")
             return {
                 "idle_rss_mib": idle_rss,
+                "enrolled_rss_mib": enrolled_rss,
                 "polled_rss_mib": polled_rss,
                 "cpu_per_sweep_s": cpu / sweeps,
                 "core_share": cpu / (interval * sweeps),
@@ -393,6 +415,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,1000")
     parser.add_argument("--interval", type=int, default=10, help="[tacet] poll_interval")
     parser.add_argument("--sweeps", type=int, default=6, help="sweeps measured")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        help="seconds from the last first contact to the measured sweeps (default two "
+        "sweeps; a refresh period, 150 s, for the steady state of many nodes whose first "
+        "contacts took minutes)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="agent processes")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -411,14 +440,17 @@ def main() -> None:
         print(f"poll interval {args.interval} s; CPU over {args.sweeps} sweeps after first contact")
         print(
             f"{'nodes':>6} {'first contact s':>15} {'cpu s/sweep':>11} {'core %':>7} "
-            f"{'idle RSS MiB':>12} {'polled RSS MiB':>14} {'growth MiB':>10} {'waiting':>7} "
+            f"{'idle RSS MiB':>12} {'enrolled RSS MiB':>16} {'polled RSS MiB':>14} "
+            f"{'growth MiB':>10} {'waiting':>7} "
             f"{'heartbeats/sweep':>16}"
         )
         for n in sizes:
-            r = run_size(n, args.interval, args.sweeps, args.workers, workdir)
+            settle = args.settle if args.settle is not None else 2 * args.interval
+            r = run_size(n, args.interval, args.sweeps, args.workers, workdir, settle)
             print(
                 f"{n:>6} {r['first_contact_s']:>15.1f} {r['cpu_per_sweep_s']:>11.2f} "
                 f"{100 * r['core_share']:>6.1f}% {r['idle_rss_mib']:>12.1f} "
+                f"{r['enrolled_rss_mib']:>16.1f} "
                 f"{r['polled_rss_mib']:>14.1f} {r['polled_rss_mib'] - r['idle_rss_mib']:>10.1f} "
                 f"{r['waiting']:>7} {r['heartbeats_per_sweep']:>16.1f}",
                 flush=True,
