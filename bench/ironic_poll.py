@@ -323,18 +323,24 @@ def run_size(
             for uuid in uuids:
                 api.set_provision_state(uuid, "provide")
             wait_until(lambda: all_in("available"), 600, f"{n} nodes available")
-            # One deploy first: it puts the deploy kernel and ramdisk into ironic's image
-            # cache, which many deploys filling it at once can race on (a node then
-            # fails "No such file or directory" under tftp-master).
-            api.set_provision_state(uuids[0], "active")
-            wait_until(
-                lambda: api.node(uuids[0])["provision_state"] == "wait call-back",
-                300,
-                "the first node in wait call-back",
-            )
-            for uuid in uuids[1:]:
+            for uuid in uuids:
                 api.set_provision_state(uuid, "active")
-            wait_until(lambda: all_in("wait call-back"), 1200, f"{n} nodes in wait call-back")
+
+            def all_waiting() -> bool:
+                # ironic's image cache can lose a race between many deploys preparing at
+                # once (the node fails "No such file or directory" under tftp-master):
+                # such a node is deployed again, and the count printed.
+                listed = api.get("/v1/nodes?fields=uuid,provision_state&limit=1000")["nodes"]
+                for x in listed:
+                    if x["provision_state"] == "deploy failed":
+                        redeployed.append(x["uuid"])
+                        api.set_provision_state(x["uuid"], "active")
+                return sum(1 for x in listed if x["provision_state"] == "wait call-back") == n
+
+            redeployed: list[str] = []
+            wait_until(all_waiting, 1200, f"{n} nodes in wait call-back")
+            if redeployed:
+                print(f"bench: {len(redeployed)} deploys failed and were started again")
             enrolled_rss = rss_of(tree_pids(ironic.process.pid))  # no agent up yet
 
             tokens = {}
