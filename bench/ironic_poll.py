@@ -8,24 +8,35 @@ hundred to a process as in bench/fleet.py. Each node is enrolled on
 address, and deployed; every agent starts with the token ironic put in its PXE config
 (token-binding trust) and its own MAC. The image server answers and then stalls every
 download, so after first contact every node stays in ``wait call-back`` with a running
-``write_image``: each sweep is then, per node, one status poll by the plugin and one
-heartbeat's worth of ironic (its lock, a database write, a command-status request).
+``write_image``, the steady state of a long step: each sweep is then, per node, one
+command-list poll by the plugin, and a heartbeat into ironic (its lock, database writes,
+ironic's own command-status request) only for the refreshes that fall due, about one
+per node every half ``ramdisk_heartbeat_timeout`` (set to ironic's default, 300 s).
 
-Figures: ironic's RSS idle (started, no node), with N nodes polled, and the CPU seconds
-of ironic's processes per sweep (over --sweeps sweeps), as a share of one core.
+Figures: ironic's RSS idle (started, no node), with N nodes deployed up to ``wait
+call-back`` and no agent up yet (ironic's own share), and with N nodes polled; the CPU
+seconds of ironic's processes per sweep (over --sweeps sweeps), as a share of one core;
+the heartbeats ironic processed per sweep (its debug log's "Heartbeat from node" lines).
 Goal: 1,000 nodes polled every 10 s cost less than 25 % of one core and < 100 MiB over
 an idle ironic. Run it alone on the machine:
 
     .venv/bin/python bench/ironic_poll.py [--sizes 100,1000] [--interval 10] [--sweeps 6]
+
+TACET_BENCH_PROFILE=FILE samples ironic with py-spy (installed into ironic's virtualenv
+by hand) over the measured sweeps, into FILE.<nodes>. Ctrl-C, SIGTERM or an error ends
+ironic and the agent workers (each in a process group of its own) before the bench exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +51,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 import fleet  # noqa: E402
 
 MIB = 1024 * 1024
+
+
+def address(i: int) -> str:
+    """Agent i's own loopback address: apart from bench/fleet.py's 127.1/16, so an agent
+    left by another run there is never one of these nodes' (the plugin would refuse it)."""
+    return f"127.3.{i // 250}.{i % 250 + 1}"
 
 
 def mac(i: int) -> str:
@@ -67,14 +84,14 @@ async def serve(first: int, count: int, workdir: Path) -> None:
             handle.truncate(8 * 1024 * MIB)
         inventory["disks"] = [{**inventory["disks"][0], "name": str(disk), "size": 8 * 1024 * MIB}]
         config = Config(
-            listen_host=fleet.address(i),
+            listen_host=address(i),
             listen_port=9999,
             state_dir=base / str(i),
             config_dir=base / "etc",
             agent_token=tokens[str(i)],
             # Its own self-signed certificate, as a booted ramdisk makes one, naming the
             # address the conductor connects to.
-            advertise_host=fleet.address(i),
+            advertise_host=address(i),
         )
         server = AgentServer(config, RecordingPower(), collect_inventory=lambda inv=inventory: inv)
         await server.start()
@@ -117,6 +134,70 @@ def rss_of(pids: list[int]) -> float:
     return total * os.sysconf("SC_PAGE_SIZE") / MIB
 
 
+# -- cleanup ----------------------------------------------------------------------------------
+class ProcessGroups:
+    """Every process group the bench started, ended however the bench ends.
+
+    ironic and the agent workers each run in a session (and process group) of their own,
+    so a terminal's Ctrl-C does not reach them half-way through; ``end_all`` runs from
+    ``finally`` blocks and from atexit, and ends each whole group (ironic forks workers,
+    which may outlive their parent), with SIGKILL for a group still there after a grace.
+    """
+
+    def __init__(self) -> None:
+        self.groups: list[int] = []
+
+    def add(self, process: subprocess.Popen[Any]) -> None:
+        self.groups.append(process.pid)  # start_new_session: the pid is the group id
+
+    @staticmethod
+    def _alive(group: int) -> bool:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def end(self, group: int, grace: float = 20.0) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while self._alive(group) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(-group, os.WNOHANG)  # reap ours, or the group never empties
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(-group, 0)
+
+    def end_all(self) -> None:
+        while self.groups:
+            self.end(self.groups.pop())
+
+
+GROUPS = ProcessGroups()
+
+
+def exit_on_signal(signum: int, _frame: Any) -> None:
+    """SIGTERM and SIGHUP unwind like Ctrl-C, through every ``finally``."""
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Any:
+    """Cleanup that a second Ctrl-C or SIGTERM does not cut short."""
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {signum: signal.signal(signum, signal.SIG_IGN) for signum in caught}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
 def stalling_app() -> Any:
     from aiohttp import web
 
@@ -137,6 +218,26 @@ def stalling_app() -> Any:
     return app
 
 
+def start_profiler(
+    pid: int, seconds: int, bin_dir: Path, label: str
+) -> subprocess.Popen[bytes] | None:
+    """With TACET_BENCH_PROFILE=FILE, py-spy samples ironic over the measured sweeps into
+    FILE.<nodes> (collapsed stacks), without pausing it (``--nonblocking``). py-spy is not a
+    dependency: ``pip install py-spy`` into ironic's virtualenv first."""
+    out = os.environ.get("TACET_BENCH_PROFILE")
+    if not out:
+        return None
+    out = f"{out}.{label}"
+    spy = shutil.which("py-spy", path=f"{bin_dir}:{os.environ.get('PATH', '')}")
+    if spy is None:
+        raise SystemExit("bench: TACET_BENCH_PROFILE is set but py-spy is not installed")
+    command = [spy, "record", "--pid", str(pid), "--subprocesses", "--nonblocking"]
+    command += ["--duration", str(seconds), "--format", "raw", "--output", out]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, start_new_session=True)
+    GROUPS.add(process)
+    return process
+
+
 def wait_until(check: Any, timeout: float, what: str) -> None:
     print(f"bench: waiting for {what}", file=sys.stderr, flush=True)
     deadline = time.monotonic() + timeout
@@ -147,21 +248,38 @@ def wait_until(check: Any, timeout: float, what: str) -> None:
     raise SystemExit(f"bench: {what} did not happen within {timeout:.0f} s")
 
 
-def run_size(n: int, interval: int, sweeps: int, workers: int, workdir: Path) -> dict[str, Any]:
+def run_size(
+    n: int, interval: int, sweeps: int, workers: int, workdir: Path, settle: float
+) -> dict[str, Any]:
     from tests.e2e.harness import BackgroundApp
     from tests.ironic.launcher import IronicApi, IronicService, locate_ironic
     from tests.ironic.passive import PASSIVE_OVERRIDES
 
     overrides = {key: dict(value) for key, value in PASSIVE_OVERRIDES.items()}
     overrides["tacet"] = {"poll_interval": str(interval), "poll_timeout": "10"}
-    overrides["conductor"] = {"deploy_callback_timeout": "3600", "workers_pool_size": "400"}
-    overrides["api"]["ramdisk_heartbeat_timeout"] = "600"
+    overrides["conductor"] = {
+        "deploy_callback_timeout": "3600",
+        "workers_pool_size": "400",
+        "max_concurrent_deploy": str(max(250, n)),  # ironic 503s the 251st deploy in flight
+    }
+    overrides["api"]["ramdisk_heartbeat_timeout"] = "300"  # ironic's default, not the tests' 30
     ironic = IronicService(locate_ironic(), workdir / f"ironic-{n}", overrides=overrides)
     agents: list[subprocess.Popen[str]] = []
     with BackgroundApp(stalling_app()) as images:
         try:
-            ironic.start()
-            assert ironic.process is not None
+            ironic.write_config()
+            ironic.create_schema()
+            # No Ctrl-C between the start and the group's record.
+            with uninterrupted(), ironic.console.open("wb") as console:
+                ironic.process = subprocess.Popen(
+                    [str(ironic.install.bin / "ironic"), "--config-file", str(ironic.conf)],
+                    stdout=console,
+                    stderr=subprocess.STDOUT,
+                    env=ironic.env(),
+                    start_new_session=True,
+                )
+                GROUPS.add(ironic.process)
+            ironic.wait_ready()
             time.sleep(5)
             idle_rss = rss_of(tree_pids(ironic.process.pid))
             api = IronicApi(ironic.url)
@@ -181,7 +299,7 @@ def run_size(n: int, interval: int, sweeps: int, workers: int, workdir: Path) ->
                         "driver_info": {
                             "deploy_kernel": f"{base}/deploy.kernel",
                             "deploy_ramdisk": f"{base}/deploy.initramfs",
-                            "tacet_address": f"{fleet.address(i)}:9999",
+                            "tacet_address": f"{address(i)}:9999",
                         },
                         "instance_info": {
                             "image_source": f"{base}/image-{i}.raw",
@@ -207,7 +325,23 @@ def run_size(n: int, interval: int, sweeps: int, workers: int, workdir: Path) ->
             wait_until(lambda: all_in("available"), 600, f"{n} nodes available")
             for uuid in uuids:
                 api.set_provision_state(uuid, "active")
-            wait_until(lambda: all_in("wait call-back"), 1200, f"{n} nodes in wait call-back")
+
+            def all_waiting() -> bool:
+                # ironic's image cache can lose a race between many deploys preparing at
+                # once (the node fails "No such file or directory" under tftp-master):
+                # such a node is deployed again, and the count printed.
+                listed = api.get("/v1/nodes?fields=uuid,provision_state&limit=1000")["nodes"]
+                for x in listed:
+                    if x["provision_state"] == "deploy failed":
+                        redeployed.append(x["uuid"])
+                        api.set_provision_state(x["uuid"], "active")
+                return sum(1 for x in listed if x["provision_state"] == "wait call-back") == n
+
+            redeployed: list[str] = []
+            wait_until(all_waiting, 1200, f"{n} nodes in wait call-back")
+            if redeployed:
+                print(f"bench: {len(redeployed)} deploys failed and were started again")
+            enrolled_rss = rss_of(tree_pids(ironic.process.pid))  # no agent up yet
 
             tokens = {}
             for i in range(n):
@@ -221,14 +355,17 @@ def run_size(n: int, interval: int, sweeps: int, workers: int, workdir: Path) ->
             me = [sys.executable, str(Path(__file__).resolve())]
             for first, count in zip(firsts, per, strict=True):
                 if count:
-                    agents.append(
-                        subprocess.Popen(
-                            [*me, "--serve", f"{first},{count}", "--workdir", str(workdir)],
-                            stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE,
-                            text=True,
+                    with uninterrupted():
+                        agents.append(
+                            subprocess.Popen(
+                                [*me, "--serve", f"{first},{count}", "--workdir", str(workdir)],
+                                stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE,
+                                text=True,
+                                start_new_session=True,
+                            )
                         )
-                    )
+                        GROUPS.add(agents[-1])
             for process in agents:
                 assert process.stdout is not None
                 process.stdout.readline()
@@ -240,29 +377,43 @@ def run_size(n: int, interval: int, sweeps: int, workers: int, workdir: Path) ->
             began = time.monotonic()
             wait_until(all_contacted, 1200, f"first contact with {n} agents")
             first_contact_s = time.monotonic() - began
-            time.sleep(interval * 2)  # the write_image commands started, steady state
+            time.sleep(settle)  # the write_image commands started, the first refreshes spread
             pids = tree_pids(ironic.process.pid)
+            profiler = start_profiler(
+                ironic.process.pid, interval * sweeps, ironic.install.bin, str(n)
+            )
+            log_before = ironic.log.stat().st_size
             cpu_before = fleet.process_cpu_seconds(pids)
             time.sleep(interval * sweeps)
             cpu = fleet.process_cpu_seconds(pids) - cpu_before
+            with ironic.log.open("rb") as log:
+                log.seek(log_before)
+                heartbeats = log.read().count(b"Heartbeat from node")
+            if profiler is not None:
+                profiler.wait(timeout=60)
             polled_rss = rss_of(pids)
             still = api.get("/v1/nodes?fields=uuid,provision_state&limit=1000")["nodes"]
             waiting = sum(1 for x in still if x["provision_state"] == "wait call-back")
             return {
                 "idle_rss_mib": idle_rss,
+                "enrolled_rss_mib": enrolled_rss,
                 "polled_rss_mib": polled_rss,
                 "cpu_per_sweep_s": cpu / sweeps,
                 "core_share": cpu / (interval * sweeps),
                 "first_contact_s": first_contact_s,
+                "heartbeats_per_sweep": heartbeats / sweeps,
                 "waiting": waiting,
             }
         finally:
-            for process in agents:
-                assert process.stdin is not None
-                process.stdin.close()
-            for process in agents:
-                process.wait(timeout=120)
-            ironic.stop()
+            with uninterrupted():
+                for process in agents:  # stdin's end asks a worker to stop its agents
+                    if process.stdin is not None:
+                        with contextlib.suppress(OSError):
+                            process.stdin.close()
+                for process in agents:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        process.wait(timeout=60)
+                GROUPS.end_all()
 
 
 def main() -> None:
@@ -270,34 +421,50 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,1000")
     parser.add_argument("--interval", type=int, default=10, help="[tacet] poll_interval")
     parser.add_argument("--sweeps", type=int, default=6, help="sweeps measured")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        help="seconds from the last first contact to the measured sweeps (default two "
+        "sweeps; a refresh period, 150 s, for the steady state of many nodes whose first "
+        "contacts took minutes)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="agent processes")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     fleet.raise_open_files()
+    signal.signal(signal.SIGTERM, exit_on_signal)
+    signal.signal(signal.SIGHUP, exit_on_signal)
     if args.serve is not None:
         first, count = (int(v) for v in args.serve.split(","))
         asyncio.run(serve(first, count, args.workdir))
         return
+    atexit.register(GROUPS.end_all)  # a backstop for any way out the finally misses
     workdir = Path(tempfile.mkdtemp(prefix="tacet-ironic-poll-"))
     try:
         sizes = [int(v) for v in args.sizes.split(",")]
         print(f"poll interval {args.interval} s; CPU over {args.sweeps} sweeps after first contact")
         print(
             f"{'nodes':>6} {'first contact s':>15} {'cpu s/sweep':>11} {'core %':>7} "
-            f"{'idle RSS MiB':>12} {'polled RSS MiB':>14} {'growth MiB':>10} {'waiting':>7}"
+            f"{'idle RSS MiB':>12} {'enrolled RSS MiB':>16} {'polled RSS MiB':>14} "
+            f"{'growth MiB':>10} {'waiting':>7} "
+            f"{'heartbeats/sweep':>16}"
         )
         for n in sizes:
-            r = run_size(n, args.interval, args.sweeps, args.workers, workdir)
+            settle = args.settle if args.settle is not None else 2 * args.interval
+            r = run_size(n, args.interval, args.sweeps, args.workers, workdir, settle)
             print(
                 f"{n:>6} {r['first_contact_s']:>15.1f} {r['cpu_per_sweep_s']:>11.2f} "
                 f"{100 * r['core_share']:>6.1f}% {r['idle_rss_mib']:>12.1f} "
+                f"{r['enrolled_rss_mib']:>16.1f} "
                 f"{r['polled_rss_mib']:>14.1f} {r['polled_rss_mib'] - r['idle_rss_mib']:>10.1f} "
-                f"{r['waiting']:>7}",
+                f"{r['waiting']:>7} {r['heartbeats_per_sweep']:>16.1f}",
                 flush=True,
             )
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        with uninterrupted():
+            GROUPS.end_all()
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

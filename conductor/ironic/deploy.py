@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,7 @@ from conductor.http import Pool
 
 from . import addresses, options
 from .bridge import shared_loop
+from .pacing import HeartbeatPacer, refresh_period
 from .polling import (
     ALIVE,
     FIRST_CONTACT,
@@ -96,14 +100,78 @@ def _poll_enabled() -> bool:
     return int(CONF.tacet.poll_interval) > 0
 
 
+CALLBACK_TIMEOUTS = {
+    states.DEPLOYWAIT: "deploy_callback_timeout",
+    states.CLEANWAIT: "clean_callback_timeout",
+    states.SERVICEWAIT: "service_callback_timeout",
+    states.RESCUEWAIT: "rescue_callback_timeout",
+}
+STEP_FIELDS = {
+    states.DEPLOYWAIT: "deploy_step",
+    states.CLEANWAIT: "clean_step",
+    states.SERVICEWAIT: "service_step",
+}
+# What one query per sweep reads of every candidate (ironic's iter_nodes adds uuid,
+# driver and conductor_group in front).
+ROW_FIELDS = (
+    "deploy_interface",
+    "provision_state",
+    "target_provision_state",
+    "maintenance",
+    "driver_internal_info",
+    "deploy_step",
+    "clean_step",
+    "service_step",
+    "provision_updated_at",
+    "updated_at",
+)
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One polled node as the sweep's single query saw it."""
+
+    uuid: str
+    deploy_interface: str | None
+    provision_state: str
+    target_provision_state: str | None
+    maintenance: bool
+    driver_internal_info: dict[str, Any]
+    deploy_step: dict[str, Any] | None
+    clean_step: dict[str, Any] | None
+    service_step: dict[str, Any] | None
+    provision_updated_at: datetime | None
+    updated_at: datetime | None
+
+    @classmethod
+    def of(cls, result: tuple[Any, ...]) -> _Row:
+        uuid, _driver, _group, *fields = result
+        values = dict(zip(ROW_FIELDS, fields, strict=True))
+        values["driver_internal_info"] = values["driver_internal_info"] or {}
+        values["maintenance"] = bool(values["maintenance"])
+        return cls(uuid=uuid, **values)
+
+    def node_side(self) -> str:
+        """What ironic's heartbeat processing decides from on the node's side."""
+        step_field = STEP_FIELDS.get(self.provision_state)
+        step = getattr(self, step_field) if step_field else None
+        return json.dumps(
+            [self.provision_state, self.target_provision_state, self.maintenance, step],
+            sort_keys=True,
+            default=str,
+        )
+
+
 class _Bookkeeping:
-    """This conductor's memory between sweeps: the poller and each agent's last answer."""
+    """This conductor's memory between sweeps: the poller, each agent's last answer,
+    and what ironic last heard of each node."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.poller: Poller | None = None
         self.last_answer: dict[str, float] = {}
         self.conductor = ""  # this conductor's name on the hash ring
+        self.pacer = HeartbeatPacer()
 
     def poller_for(self, settings: PollSettings) -> Poller:
         if self.poller is None or self.poller.settings != settings:
@@ -153,6 +221,17 @@ def _trust(cafile: Path | None = None, trust_on_first_use: bool = False) -> Trus
     certfile, keyfile = pair if pair is not None else (None, None)
     return Trust(
         cafile=cafile, trust_on_first_use=trust_on_first_use, certfile=certfile, keyfile=keyfile
+    )
+
+
+def _refresh_period(provision_state: str) -> float:
+    """How long ironic may go without a heartbeat from an agent that changed nothing."""
+    if CONF.tacet.heartbeat_refresh:
+        return float(CONF.tacet.heartbeat_refresh)
+    option = CALLBACK_TIMEOUTS.get(provision_state)
+    callback = getattr(CONF.conductor, option) if option else 0
+    return refresh_period(
+        CONF.api.ramdisk_heartbeat_timeout, callback or 0, CONF.tacet.poll_interval
     )
 
 
@@ -294,35 +373,42 @@ class TacetPassiveDeploy(agent.AgentDeploy):
     @periodics.periodic(spacing=_poll_spacing, enabled=_poll_enabled)
     def _tacet_poll_passive_agents(self, manager: Any, context: Any) -> None:
         """Poll the agents of this conductor's passive nodes; act on what they answer."""
-        candidates = [
-            uuid
-            for uuid, _driver, _group, deploy_interface in manager.iter_nodes(
-                fields=["deploy_interface"],
-                filters={"provision_state_in": POLLED_STATES, "reserved": False},
+        # One query for every candidate: a node whose agent answered before needs no
+        # other database access unless ironic must hear its answer.
+        rows = {
+            row.uuid: row
+            for row in map(
+                _Row.of,
+                manager.iter_nodes(
+                    fields=list(ROW_FIELDS),
+                    filters={"provision_state_in": POLLED_STATES, "reserved": False},
+                ),
             )
-            if deploy_interface == INTERFACE_NAME
-        ]
-        if candidates:
+            if row.deploy_interface == INTERFACE_NAME
+        }
+        if rows:
             try:
                 client_certificate()
             except exception.InvalidParameterValue as exc:
                 LOG.error("Passive poll: not polling: %s", exc)
                 return
         targets = []
-        for uuid in candidates:
+        for row in rows.values():
             try:
-                target = self._target(context, uuid)
+                target = self._target(context, row)
             except exception.NodeNotFound:
                 continue
             except Exception:
-                LOG.exception("Passive poll: cannot prepare node %s", uuid)
+                LOG.exception("Passive poll: cannot prepare node %s", row.uuid)
                 continue
             if target is not None:
                 targets.append(target)
         with _BOOK.lock:
             _BOOK.conductor = manager.host
             poller = _BOOK.poller_for(_settings())
-            poller.forget({t.uuid for t in targets})
+            polled = {t.uuid for t in targets}
+            poller.forget(polled)
+            _BOOK.pacer.keep_only(polled)
             if not targets:
                 return
             budget = CONF.tacet.poll_timeout * 2 * (len(targets) // poller.settings.concurrency + 1)
@@ -332,23 +418,25 @@ class TacetPassiveDeploy(agent.AgentDeploy):
             if answer.kind in (ALIVE, FIRST_CONTACT):
                 _BOOK.last_answer[answer.uuid] = now
             try:
-                self._act(context, manager, answer)
+                self._act(context, manager, answer, rows[answer.uuid])
             except (exception.NodeLocked, exception.NodeNotFound):
                 continue
             except Exception:
                 LOG.exception("Passive poll: acting on node %s failed", answer.uuid)
 
-    def _target(self, context: Any, uuid: str) -> Target | None:
-        node = objects.Node.get_by_uuid(context, uuid)
-        info = node.driver_internal_info or {}
+    def _target(self, context: Any, row: _Row) -> Target | None:
+        info = row.driver_internal_info
         token = info.get("agent_secret_token")
         url = info.get("agent_url")
         verify_ca = info.get("agent_verify_ca")
-        if url and verify_ca and node.provision_state != states.INSPECTWAIT:
+        if url and verify_ca and row.provision_state != states.INSPECTWAIT:
             address = url.removeprefix("https://").rstrip("/")
             trust = _trust(cafile=Path(verify_ca))
-            return Target(uuid, address, trust, token)
+            return Target(row.uuid, address, trust, token)
         # First contact: where is it, who must it be, and what is its token.
+        uuid = row.uuid
+        node = objects.Node.get_by_uuid(context, uuid)
+        token = (node.driver_internal_info or {}).get("agent_secret_token")
         ports = objects.Port.list_by_node_id(context, node.id)
         address = self._agent_address(context, node, ports)
         if address is None:
@@ -387,15 +475,24 @@ class TacetPassiveDeploy(agent.AgentDeploy):
         )
 
     # -- acting on an answer -----------------------------------------------------------
-    def _act(self, context: Any, manager: Any, answer: Answer) -> None:
+    def _act(self, context: Any, manager: Any, answer: Answer, row: _Row) -> None:
         if answer.kind == REFUSED:
             self._fail(context, answer.uuid, f"tacet passive: {answer.reason}")
             return
         if answer.kind not in (ALIVE, FIRST_CONTACT):
-            self._check_timeout(context, answer)
+            self._check_timeout(context, answer, row)
             return
+        seen = (row.node_side(), answer.commands)
+        now = time.monotonic()
+        if answer.kind == ALIVE and not _BOOK.pacer.due(answer.uuid, seen, now):
+            return  # nothing ironic decides from has changed, and no refresh is due
+        LOG.debug("Passive poll: a heartbeat for node %s (a change, or a refresh)", answer.uuid)
+        known = answer.kind == ALIVE
+        # A known agent's heartbeat needs the exclusive lock: taken at once, without
+        # ironic's retries. ironic's heartbeat would skip a node locked elsewhere and say
+        # nothing; raised here, NodeLocked leaves the answer unheard, so due next sweep.
         with task_manager.acquire(
-            context, answer.uuid, shared=True, purpose="tacet passive poll"
+            context, answer.uuid, shared=not known, retry=not known, purpose="tacet passive poll"
         ) as task:
             node = task.node
             if type(task.driver.deploy) is not type(self):
@@ -407,6 +504,7 @@ class TacetPassiveDeploy(agent.AgentDeploy):
             if node.provision_state not in POLLED_STATES:
                 return
             verify_ca = node.driver_internal_info.get("agent_verify_ca")
+            version = answer.version or node.driver_internal_info.get("agent_version")
             if answer.kind == FIRST_CONTACT:
                 assert answer.certificate is not None
                 task.upgrade_lock()  # reloads task.node
@@ -415,11 +513,12 @@ class TacetPassiveDeploy(agent.AgentDeploy):
                 node.set_driver_internal_info(FRESH_AGENT, True)
                 node.save()
             self.heartbeat(
-                task,
-                f"https://{answer.address}",
-                answer.version or "tacet",
-                agent_verify_ca=verify_ca,
+                task, f"https://{answer.address}", version or "tacet", agent_verify_ca=verify_ca
             )
+        if answer.kind == FIRST_CONTACT:
+            _BOOK.pacer.forget(answer.uuid)  # the next answer, with commands, is heard
+        else:
+            _BOOK.pacer.heard(answer.uuid, seen, now, _refresh_period(row.provision_state))
 
     def _continue_inspection(self, task: Any, manager: Any, answer: Answer) -> None:
         """What ironic's continue_inspection call does, with the polled inventory."""
@@ -435,21 +534,18 @@ class TacetPassiveDeploy(agent.AgentDeploy):
             err_handler=manager_utils.provisioning_error_handler,
         )
 
-    def _check_timeout(self, context: Any, answer: Answer) -> None:
-        node = objects.Node.get_by_uuid(context, answer.uuid)
-        if not node.driver_internal_info.get("agent_url"):
+    def _check_timeout(self, context: Any, answer: Answer, row: _Row) -> None:
+        if not row.driver_internal_info.get("agent_url"):
             return  # never answered yet: ironic's own callback timeouts apply
         limit = _agent_timeout()
         seen = _BOOK.last_answer.get(answer.uuid)
         if seen is not None:
             silent = time.monotonic() - seen
         else:
-            since = node.provision_updated_at or node.updated_at
+            since = row.provision_updated_at or row.updated_at or timeutils.utcnow()
             silent = (timeutils.utcnow() - since.replace(tzinfo=None)).total_seconds()
         if silent < limit:
-            LOG.debug(
-                "Passive poll: agent of node %s did not answer (%s)", node.uuid, answer.reason
-            )
+            LOG.debug("Passive poll: agent of node %s did not answer (%s)", row.uuid, answer.reason)
             return
         _BOOK.last_answer.pop(answer.uuid, None)
         self._fail(

@@ -42,6 +42,14 @@ opts = [
         "fails, as a missing heartbeat would. Defaults to [api]ramdisk_heartbeat_timeout. "
         "Until the first answer ironic's own callback timeouts apply.",
     ),
+    cfg.IntOpt(
+        "heartbeat_refresh",
+        min=1,
+        help="Seconds after which an agent that answers with the same command list as "
+        "before is handed to ironic as a heartbeat anyway (ironic hears every change at "
+        "once). Defaults to half the shortest of [api]ramdisk_heartbeat_timeout and the "
+        "callback timeout of the node's wait state.",
+    ),
     cfg.PortOpt("agent_port", default=9999, help="The agents' TLS port."),
     cfg.StrOpt(
         "trust_mode",

@@ -27,8 +27,10 @@ from conductor.client import (
 )
 from conductor.http import Pool
 
+from .pacing import CommandsSeen, commands_seen
+
 # What an answer means for the node
-ALIVE = "alive"  # a known agent answered: process it as a heartbeat
+ALIVE = "alive"  # a known agent answered with its command list: maybe a heartbeat
 FIRST_CONTACT = "first-contact"  # a new agent, verified and identified, node_info sent
 REFUSED = "refused"  # not this node's agent (identity or trust): fail the node
 UNREACHABLE = "unreachable"  # no answer this sweep
@@ -76,6 +78,7 @@ class Answer:
     certificate: str | None = None  # PEM the agent was verified by (first contact)
     inventory: dict[str, Any] | None = None
     reason: str | None = None
+    commands: CommandsSeen | None = None  # ALIVE: the agent's command list, reduced
 
 
 @dataclass
@@ -135,8 +138,10 @@ class Poller:
         try:
             if target.first_contact:
                 return await self._first_contact(client, target)
-            status = await client.status()
-            return Answer(target.uuid, ALIVE, target.address, version=status.version)
+            # The command list (as ironic's own heartbeat processing reads it) rather
+            # than the status: whether it changed says whether ironic need hear at all.
+            commands = commands_seen(await client.list_commands())
+            return Answer(target.uuid, ALIVE, target.address, commands=commands)
         except Untrusted as exc:
             self._clients.pop(target.uuid, None)
             return Answer(target.uuid, REFUSED, target.address, reason=describe(exc))

@@ -9,9 +9,10 @@ import threading
 
 import pytest
 
-from conductor.client import AgentClient, Inventory, Options, Trust
+from conductor.client import AgentClient, CommandResult, Inventory, Options, Trust
 from conductor.ironic.addresses import agent_address, dnsmasq_lease_address, neutron_fixed_ip
 from conductor.ironic.bridge import LoopThread
+from conductor.ironic.pacing import HeartbeatPacer, commands_seen, refresh_period
 from conductor.ironic.polling import (
     ALIVE,
     FIRST_CONTACT,
@@ -163,6 +164,20 @@ async def test_a_sweep_identifies_new_agents_refuses_strangers_and_sees_the_gone
 
     again = await poller.sweep([Target("good", good.address, Trust(), TOKEN)])
     assert [a.kind for a in again] == [ALIVE]
+    # A known agent answers with its command list, which says what changed.
+    names = [name for _id, name, _status in again[0].commands or ()]
+    assert names == [
+        "get_hardware_info",
+        "get_hardware_info",
+        "set_node_info",
+    ]  # the test's, the poll's
+    still = await poller.sweep([Target("good", good.address, Trust(), TOKEN)])
+    assert still[0].commands == again[0].commands
+    async with AgentClient(good.address, Options(Trust(), TOKEN)) as client:
+        await client.run("standby.get_partition_uuids")
+    changed = await poller.sweep([Target("good", good.address, Trust(), TOKEN)])
+    assert changed[0].commands is not None and changed[0].commands != again[0].commands
+    assert changed[0].commands[:3] == again[0].commands
 
 
 async def test_mtls_first_contact_presents_the_client_certificate_or_is_refused(
@@ -198,3 +213,58 @@ async def test_mtls_first_contact_presents_the_client_certificate_or_is_refused(
     recorded = Trust(cafile=seen, certfile=test_pki.client_cert, keyfile=test_pki.client_key)
     (later,) = await poller.sweep([Target("n", node.address, recorded, TOKEN)])
     assert later.kind == ALIVE, later.reason
+
+
+def result(result_id: str, status: str, data: dict | None = None) -> CommandResult:
+    return CommandResult(result_id, "prepare_image", status, None, data)
+
+
+def test_the_command_list_is_reduced_to_what_a_heartbeat_depends_on() -> None:
+    running = commands_seen([result("a", "RUNNING")])
+    assert running == (("a", "prepare_image", "RUNNING"),)
+    assert commands_seen([result("a", "RUNNING", {"progress": 1})]) == running
+    assert commands_seen([result("a", "SUCCEEDED")]) != running
+    assert commands_seen([result("a", "RUNNING"), result("b", "RUNNING")]) != running
+
+
+def test_the_refresh_is_half_the_shortest_limit_but_never_below_one_poll() -> None:
+    assert refresh_period(300, 1800, 10) == 150
+    assert refresh_period(300, 200, 10) == 100
+    assert refresh_period(300, 0, 10) == 150  # a callback timeout of 0 is off
+    assert refresh_period(8, 1800, 10) == 10
+    assert refresh_period(0, 0, 10) == float("inf")
+
+
+def test_ironic_hears_each_change_at_once_and_otherwise_one_refresh_per_period() -> None:
+    phases: list[tuple[float, float]] = []
+
+    def first_phase(low: float, high: float) -> float:
+        phases.append((low, high))
+        return 30.0
+
+    pacer = HeartbeatPacer(uniform=first_phase)
+    quiet = ("wait call-back", (("a", "prepare_image", "RUNNING"),))
+    assert pacer.due("n1", quiet, now=0.0)  # never heard
+    pacer.heard("n1", quiet, now=0.0, period=150.0)
+    assert phases == [(0.0, 150.0)]  # the first refresh at a random point of the period
+    assert not pacer.due("n1", quiet, now=10.0)
+    assert not pacer.due("n1", quiet, now=29.9)
+    assert pacer.due("n1", quiet, now=30.0)
+    pacer.heard("n1", quiet, now=30.0, period=150.0)
+    assert phases == [(0.0, 150.0)]  # later refreshes a whole period apart
+    assert not pacer.due("n1", quiet, now=179.9)
+    assert pacer.due("n1", quiet, now=180.0)
+
+    done = ("wait call-back", (("a", "prepare_image", "SUCCEEDED"),))
+    assert pacer.due("n1", done, now=40.0)  # the agent's side changed
+    moved = ("deploying", quiet[1])
+    assert pacer.due("n1", moved, now=40.0)  # the node's side changed
+    assert pacer.due("n2", quiet, now=40.0)  # per node
+
+    pacer.forget("n1")
+    assert pacer.due("n1", quiet, now=40.0)
+    pacer.heard("n1", quiet, now=40.0, period=150.0)
+    pacer.heard("n2", quiet, now=40.0, period=150.0)
+    pacer.keep_only({"n2"})
+    assert pacer.due("n1", quiet, now=41.0)
+    assert not pacer.due("n2", quiet, now=41.0)
