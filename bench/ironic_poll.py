@@ -50,56 +50,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import fleet  # noqa: E402
 
+from tests.ironic.fleet import address, mac, serve, stalling_app  # noqa: E402
+
 MIB = 1024 * 1024
-
-
-def address(i: int) -> str:
-    """Agent i's own loopback address: apart from bench/fleet.py's 127.1/16, so an agent
-    left by another run there is never one of these nodes' (the plugin would refuse it)."""
-    return f"127.3.{i // 250}.{i % 250 + 1}"
-
-
-def mac(i: int) -> str:
-    return f"52:54:01:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}"
-
-
-# -- agent workers --------------------------------------------------------------------------
-async def serve(first: int, count: int, workdir: Path) -> None:
-    """Agents first..first+count-1, each with its token from tokens.json and its own MAC."""
-    from agent import daemon
-    from agent.config import Config
-    from agent.daemon import AgentServer
-    from agent.power import RecordingPower
-
-    daemon.WARMUP_DELAY = 0.0
-    tokens = json.loads((workdir / "tokens.json").read_text())
-    base_inventory = json.loads(fleet.FIXTURE.read_text())
-    servers = []
-    base = Path(tempfile.mkdtemp(prefix="agents-", dir=workdir))
-    for i in range(first, first + count):
-        inventory = json.loads(json.dumps(base_inventory))
-        inventory["interfaces"] = [{**inventory["interfaces"][0], "mac_address": mac(i)}]
-        disk = base / f"disk-{i}"  # sparse: the stalled download never fills it
-        with disk.open("wb") as handle:
-            handle.truncate(8 * 1024 * MIB)
-        inventory["disks"] = [{**inventory["disks"][0], "name": str(disk), "size": 8 * 1024 * MIB}]
-        config = Config(
-            listen_host=address(i),
-            listen_port=9999,
-            state_dir=base / str(i),
-            config_dir=base / "etc",
-            agent_token=tokens[str(i)],
-            # Its own self-signed certificate, as a booted ramdisk makes one, naming the
-            # address the conductor connects to.
-            advertise_host=address(i),
-        )
-        server = AgentServer(config, RecordingPower(), collect_inventory=lambda inv=inventory: inv)
-        await server.start()
-        servers.append(server)
-    print(json.dumps(len(servers)), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    for server in servers:
-        await server.stop("bench finished")
 
 
 # -- ironic's side ----------------------------------------------------------------------------
@@ -196,26 +149,6 @@ def uninterrupted() -> Any:
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
-
-
-def stalling_app() -> Any:
-    from aiohttp import web
-
-    async def serve_file(request: web.Request) -> web.StreamResponse:
-        size = 64 * MIB
-        if request.match_info["name"] in ("deploy.kernel", "deploy.initramfs"):
-            return web.Response(body=b"nobody boots this\n")
-        if request.method == "HEAD":
-            return web.Response(headers={"Content-Length": str(size)})
-        answer = web.StreamResponse(headers={"Content-Length": str(size)})
-        await answer.prepare(request)
-        await answer.write(bytes(64 * 1024))
-        while True:
-            await asyncio.sleep(3600)
-
-    app = web.Application()
-    app.router.add_route("*", "/{name}", serve_file)
-    return app
 
 
 def start_profiler(
@@ -437,7 +370,7 @@ def main() -> None:
     signal.signal(signal.SIGHUP, exit_on_signal)
     if args.serve is not None:
         first, count = (int(v) for v in args.serve.split(","))
-        asyncio.run(serve(first, count, args.workdir))
+        asyncio.run(serve(first, count, args.workdir, access_log=False))
         return
     atexit.register(GROUPS.end_all)  # a backstop for any way out the finally misses
     workdir = Path(tempfile.mkdtemp(prefix="tacet-ironic-poll-"))

@@ -47,8 +47,10 @@ def mac(i: int) -> str:
 
 
 def address(i: int) -> str:
-    """Agent i's own loopback address (all of 127/8 is loopback), like one host per node."""
-    return f"127.1.{i // 250}.{i % 250 + 1}"
+    """Agent i's own loopback address (all of 127/8 is loopback), like one host per node:
+    apart from bench/fleet.py's 127.1/16, so an agent another run left there is never
+    one of these nodes' (the plugin would refuse it)."""
+    return f"127.3.{i // 250}.{i % 250 + 1}"
 
 
 def raise_open_files() -> int:
