@@ -16,12 +16,10 @@ import logging
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from .logs import printable
+
 LOGGER = logging.getLogger("agent.access")
-MAX_AGENT = 200  # characters of User-Agent kept; the rest is the client's business
-
-
-def _printable(text: str) -> str:
-    return "".join(char if char.isprintable() else "?" for char in text[:MAX_AGENT])
+MAX_AGENT = 200  # characters of User-Agent (and path) kept; the rest is the client's business
 
 
 def _local_address(request: web.BaseRequest) -> str:
@@ -41,8 +39,8 @@ class AccessLog(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         peer = request.remote or "-"
-        agent = _printable(request.headers.get("User-Agent", "-"))
-        path = _printable(request.rel_url.path)
+        agent = printable(request.headers.get("User-Agent", "-")[:MAX_AGENT])
+        path = printable(request.rel_url.path[:MAX_AGENT])
         local = _local_address(request)
         self.logger.info(
             '%s -> %s "%s %s" %d %.0f ms "%s"',

@@ -59,6 +59,12 @@ class RateLimit(logging.Filter):
         return True
 
 
+def printable(text: str) -> str:
+    """Control characters shown as ``?``, as ps does: what a client or a process chose to
+    send stays one line of a log or a table, and cannot forge another."""
+    return "".join(char if char.isprintable() else "?" for char in text)
+
+
 def loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """asyncio's errors in one line each, without the traceback (still rate-limited).
 

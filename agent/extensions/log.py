@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..logs import printable
+
 if TYPE_CHECKING:
     from ..core import Agent
 
@@ -125,11 +127,6 @@ def process_rows(now: float | None = None) -> list[ProcessRow]:
     return sorted(rows, key=lambda row: row.pid)
 
 
-def _one_line(text: str) -> str:
-    """Control characters shown as ``?``, as ps does, so one process stays one line."""
-    return "".join(char if char.isprintable() else "?" for char in text)
-
-
 def format_process_table(rows: list[ProcessRow], now: float | None = None) -> str:
     """A ``ps aux``-like table: the time of day for processes started today, else the date."""
     today = time.localtime(time.time() if now is None else now)[:3]
@@ -139,7 +136,7 @@ def format_process_table(rows: list[ProcessRow], now: float | None = None) -> st
         start = time.strftime("%H:%M" if started[:3] == today else "%b%d", started)
         lines.append(
             f"{row.user[:12]:<12} {row.pid:>7} {row.cpu_percent:>5.1f} {row.mem_percent:>5.1f} "
-            f"{row.rss_kib:>9} {row.state:<4} {start:<5} {_one_line(row.command)}"
+            f"{row.rss_kib:>9} {row.state:<4} {start:<5} {printable(row.command)}"
         )
     return "\n".join(lines) + "\n"
 

@@ -113,6 +113,11 @@ def boot(vm: VM, client_for: Any) -> Booted:
     return Booted(vm, client, seconds)
 
 
+def boot_for_conductor(vm: VM, pki_dir: Path) -> Booted:
+    """``boot``, reaching the agent as the conductor: our CA, its client certificate."""
+    return boot(vm, lambda port: AgentClient(port, mtls_context(pki_dir), server_hostname=NODE))
+
+
 # --- scenario 1 and 3: passive provisioning, and the edge ----------------------------
 
 
@@ -137,9 +142,7 @@ def passive(
         vm = VM(workdir, ramdisk, VIRTIO, secrets=bundle.initrd())
         vm.guestfwds[(IMAGE_HOST, 80)] = server.port
         vm.extra_hostfwds = {p: free_port() for p in PROBED_PORTS if p != AGENT_PORT}
-        booted = boot(
-            vm, lambda port: AgentClient(port, mtls_context(pki_dir), server_hostname=NODE)
-        )
+        booted = boot_for_conductor(vm, pki_dir)
         try:
             yield Passive(vm, booted.client, booted.seconds_to_answer, image, images, bundle.token)
         finally:
@@ -566,10 +569,7 @@ async def test_hardware_shapes(
     vm = VM(workdir, ramdisk, shape, secrets=bundle.initrd())
     try:
         booted = await asyncio.get_running_loop().run_in_executor(
-            None,
-            boot,
-            vm,
-            lambda port: AgentClient(port, mtls_context(pki_dir), server_hostname=NODE),
+            None, boot_for_conductor, vm, pki_dir
         )
         status, result = await booted.client.command("poll.get_hardware_info")
     finally:
@@ -628,10 +628,7 @@ async def test_uefi_boot_finds_the_bundle_after_an_unaligned_ramdisk(
     vm = UefiVM(workdir, unaligned, OVMF_PASSIVE, secrets=bundle.initrd())
     try:
         booted = await asyncio.get_running_loop().run_in_executor(
-            None,
-            boot,
-            vm,
-            lambda port: AgentClient(port, mtls_context(pki_dir), server_hostname=NODE),
+            None, boot_for_conductor, vm, pki_dir
         )
         status, body, der = await booted.client.get("/v1/status")
     finally:

@@ -35,11 +35,10 @@ import pytest
 from conductor import pki
 from tests.agent.storm import ROOT
 
-from .conftest import NODE
 from .harness import AGENT_PORT, VM, AgentClient, Ramdisk, report
 from .netns import Namespace, require_namespace_tools
 from .polling import StormConductor, summary
-from .test_ramdisk import VIRTIO, agent_baseline, agent_facts, boot, mtls_context
+from .test_ramdisk import VIRTIO, agent_baseline, agent_facts, boot_for_conductor
 
 pytestmark = pytest.mark.e2e
 
@@ -94,9 +93,7 @@ def stormed(
                 ],
                 pass_fds=(tap,),
             )
-            booted = boot(
-                vm, lambda port: AgentClient(port, mtls_context(pki_dir), server_hostname=NODE)
-            )
+            booted = boot_for_conductor(vm, pki_dir)
             try:
                 seconds = namespace.wait_for_listener(GUEST_STORM_IP, AGENT_PORT, 120)
                 report("storm NIC: agent reachable after its first answer", f"{seconds:.1f} s")

@@ -181,10 +181,6 @@ class PostgresServer:
             raise IronicError(f"psql {statement.split()[0]} failed: {done.stderr.strip()}")
         return [line.split("|") for line in done.stdout.splitlines() if line]
 
-    def query(self, statement: str) -> list[list[str]]:
-        """Rows of a query against ironic's database (for checks)."""
-        return self.psql(statement, self.database)
-
     def stop(self) -> None:
         if not (self.data / "postmaster.pid").exists():
             return
