@@ -36,6 +36,7 @@ from ironic.common import utils as common_utils
 from ironic.conductor import cleaning, deployments, periodics, servicing, task_manager
 from ironic.conductor import inspection as conductor_inspection
 from ironic.conductor import utils as manager_utils
+from ironic.db import api as db_api
 from ironic.drivers.modules import agent, agent_client, deploy_utils
 from ironic.drivers.modules.inspector import interface as inspector_common
 from oslo_config import cfg
@@ -114,6 +115,8 @@ STEP_FIELDS = {
 # What one query per sweep reads of every candidate (ironic's iter_nodes adds uuid,
 # driver and conductor_group in front).
 ROW_FIELDS = (
+    "id",
+    "reservation",
     "deploy_interface",
     "provision_state",
     "target_provision_state",
@@ -132,6 +135,8 @@ class _Row:
     """One polled node as the sweep's single query saw it."""
 
     uuid: str
+    id: int
+    reservation: str | None  # the conductor holding the node's lock, if any
     deploy_interface: str | None
     provision_state: str
     target_provision_state: str | None
@@ -375,17 +380,22 @@ class TacetPassiveDeploy(agent.AgentDeploy):
         """Poll the agents of this conductor's passive nodes; act on what they answer."""
         # One query for every candidate: a node whose agent answered before needs no
         # other database access unless ironic must hear its answer.
-        rows = {
-            row.uuid: row
+        candidates = [
+            row
             for row in map(
                 _Row.of,
                 manager.iter_nodes(
-                    fields=list(ROW_FIELDS),
-                    filters={"provision_state_in": POLLED_STATES, "reserved": False},
+                    fields=list(ROW_FIELDS), filters={"provision_state_in": POLLED_STATES}
                 ),
             )
             if row.deploy_interface == INTERFACE_NAME
-        }
+        ]
+        # A node locked at this moment (by ironic's own work on it) is not polled this
+        # sweep, but keeps what this conductor knows of it: its agent's connection, and
+        # what ironic last heard, so the next sweep does not hand ironic a heartbeat
+        # that is no news.
+        kept = {row.uuid for row in candidates}
+        rows = {row.uuid: row for row in candidates if not row.reservation}
         if rows:
             try:
                 client_certificate()
@@ -406,9 +416,8 @@ class TacetPassiveDeploy(agent.AgentDeploy):
         with _BOOK.lock:
             _BOOK.conductor = manager.host
             poller = _BOOK.poller_for(_settings())
-            polled = {t.uuid for t in targets}
-            poller.forget(polled)
-            _BOOK.pacer.keep_only(polled)
+            poller.forget(kept)
+            _BOOK.pacer.keep_only(kept)
             if not targets:
                 return
             budget = CONF.tacet.poll_timeout * 2 * (len(targets) // poller.settings.concurrency + 1)
@@ -484,8 +493,13 @@ class TacetPassiveDeploy(agent.AgentDeploy):
             return
         seen = (row.node_side(), answer.commands)
         now = time.monotonic()
-        if answer.kind == ALIVE and not _BOOK.pacer.due(answer.uuid, seen, now):
-            return  # nothing ironic decides from has changed, and no refresh is due
+        if answer.kind == ALIVE:
+            if not _BOOK.pacer.due(answer.uuid, seen, now):
+                return  # nothing ironic decides from has changed, and no refresh is due
+            if not _BOOK.pacer.changed(answer.uuid, seen):
+                self._refresh(answer, row)
+                _BOOK.pacer.heard(answer.uuid, seen, now, _refresh_period(row.provision_state))
+                return
         LOG.debug("Passive poll: a heartbeat for node %s (a change, or a refresh)", answer.uuid)
         known = answer.kind == ALIVE
         # A known agent's heartbeat needs the exclusive lock: taken at once, without
@@ -519,6 +533,16 @@ class TacetPassiveDeploy(agent.AgentDeploy):
             _BOOK.pacer.forget(answer.uuid)  # the next answer, with commands, is heard
         else:
             _BOOK.pacer.heard(answer.uuid, seen, now, _refresh_period(row.provision_state))
+
+    def _refresh(self, answer: Answer, row: _Row) -> None:
+        """What ironic's heartbeat does for an agent whose step still runs and whose
+        answer ironic has heard already: move ``provision_updated_at``, the clock of its
+        callback-timeout reaper (``touch_provisioning``, one update, as ironic's heartbeat
+        does it). The rest of that heartbeat (the node's lock, the agent's URL and version
+        written again, ironic asking the agent for the command list this poll just read,
+        which still shows the step running) would change nothing."""
+        LOG.debug("Passive poll: a refresh for node %s (no change)", answer.uuid)
+        db_api.get_instance().touch_node_provisioning(row.id)
 
     def _continue_inspection(self, task: Any, manager: Any, answer: Answer) -> None:
         """What ironic's continue_inspection call does, with the polled inventory."""

@@ -6,10 +6,10 @@ being erased), every poll finds what the last one found, and ironic's heartbeat 
 find that the step still runs and do nothing but refresh its timestamps. So a heartbeat
 is handed to ironic only when what ironic decides from has changed since ironic last
 heard: the node's side (state, target, step, maintenance) or the agent's command list.
-Otherwise at most one refresh per ``refresh`` seconds keeps ironic's clocks
-(``provision_updated_at`` for its callback-timeout reaper, ``agent_last_heartbeat``)
-as fresh as an agent heartbeating on its own would; the first refresh of a node comes at
-a random point of that period, so a conductor's refreshes spread evenly over it.
+Otherwise one refresh per ``refresh`` seconds keeps ironic's callback-timeout clock
+(``provision_updated_at``) as fresh as an agent heartbeating on its own would; the
+first refresh of a node comes at a random point of that period, so a conductor's
+refreshes spread evenly over it.
 
 Pure bookkeeping: no ironic, no clock of its own (``now`` is passed in).
 """
@@ -60,6 +60,12 @@ class HeartbeatPacer:
         """Whether ironic must hear this answer: never heard, changed, or refresh time."""
         heard = self._heard.get(uuid)
         return heard is None or heard.seen != seen or now >= heard.refresh_at
+
+    def changed(self, uuid: str, seen: Hashable) -> bool:
+        """Whether this answer is news to ironic (never heard, or not what it last heard);
+        a due answer that is not news is only a refresh."""
+        heard = self._heard.get(uuid)
+        return heard is None or heard.seen != seen
 
     def heard(self, uuid: str, seen: Hashable, now: float, period: float) -> None:
         """ironic processed a heartbeat for what ``seen`` describes, at ``now``."""

@@ -255,11 +255,14 @@ def test_ironic_hears_each_change_at_once_and_otherwise_one_refresh_per_period()
     assert not pacer.due("n1", quiet, now=179.9)
     assert pacer.due("n1", quiet, now=180.0)
 
+    assert not pacer.changed("n1", quiet)  # due at 180 s only as a refresh
     done = ("wait call-back", (("a", "prepare_image", "SUCCEEDED"),))
     assert pacer.due("n1", done, now=40.0)  # the agent's side changed
+    assert pacer.changed("n1", done)
     moved = ("deploying", quiet[1])
     assert pacer.due("n1", moved, now=40.0)  # the node's side changed
     assert pacer.due("n2", quiet, now=40.0)  # per node
+    assert pacer.changed("n2", quiet)  # never heard is news
 
     pacer.forget("n1")
     assert pacer.due("n1", quiet, now=40.0)

@@ -222,3 +222,78 @@ def test_a_vanished_agent_fails_the_deploy_within_the_timeout(
     # poll (2 s, plus up to 0.5 s jitter) before the kill; polls come every 2 s.
     assert 30 - 2.5 <= silent <= 30 + 15, silent
     report("vanished agent to deploy failed", f"{silent:.1f} s")
+
+
+@pytest.fixture(scope="module")
+def impatient_ironic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IronicService]:
+    """ironic's callback-timeout reaper every 2 s and a deploy callback timeout of 20 s:
+    a passive node whose step runs longer stays alive only by the plugin's refreshes
+    (every 10 s: half the shorter of that timeout and ramdisk_heartbeat_timeout's 30 s)."""
+    overrides = {
+        **PASSIVE_OVERRIDES,
+        "conductor": {"deploy_callback_timeout": "20", "check_provision_state_interval": "2"},
+    }
+    with running_ironic(tmp_path_factory.mktemp("ironic-impatient"), overrides) as service:
+        yield service
+
+
+def test_a_long_step_outlives_the_callback_timeout_on_refreshes_alone(
+    impatient_ironic: IronicService,
+    images: Images,
+    host_macs: list[str],
+    tmp_path: Path,
+    stalling_server: StallingServer,
+) -> None:
+    """An unchanged answer is not handed to ironic as a heartbeat, yet ironic's callback
+    timeout never fires while the agent answers: the refreshes move provision_updated_at."""
+    machine = PassiveMachine(
+        impatient_ironic,
+        tmp_path,
+        host_macs,
+        images.url("deploy.kernel"),
+        images.url("deploy.initramfs"),
+    )
+    try:
+        machine.enroll(
+            boot_mode="bios",
+            instance_info=images.instance_info(images.raw, image_source=stalling_server.url),
+        )
+        machine.provide()
+        machine.api.set_provision_state(machine.ident, "active")
+        machine.wait_for("wait call-back")
+        agent = machine.boot_agent()
+        stalling_server.downloading.wait(120)
+        assert stalling_server.downloading.is_set(), agent.tail()
+        uuid = machine.ident
+        time.sleep(5)  # the heartbeat that saw write_image start is behind us
+
+        def said(text: str) -> int:
+            lines = impatient_ironic.log_text().splitlines()
+            return sum(1 for line in lines if text in line and uuid in line)
+
+        heartbeats, refreshes = said("Heartbeat from node"), said("a refresh for node")
+        touched = set()
+        watched = 60.0  # three callback timeouts
+        end = time.monotonic() + watched
+        while time.monotonic() < end:
+            node = machine.node()
+            assert node["provision_state"] == "wait call-back", node.get("last_error")
+            touched.add(node["provision_updated_at"])
+            time.sleep(2)
+        new_heartbeats = said("Heartbeat from node") - heartbeats
+        new_refreshes = said("a refresh for node") - refreshes
+        report(
+            "60 s of a running write_image with deploy_callback_timeout 20 s",
+            f"{new_refreshes} refreshes, {new_heartbeats} heartbeats, "
+            f"{len(touched)} provision_updated_at values",
+        )
+        assert new_heartbeats == 0
+        assert new_refreshes >= 4
+        assert len(touched) >= 4
+        # Gone, the agent stops the refreshes, and ironic's own timeout (or the plugin's
+        # silence limit) ends the deploy.
+        agent.process.kill()  # type: ignore[union-attr]
+        node = machine.api.wait_for_state(machine.ident, "deploy failed", 90)
+        assert node["last_error"], node
+    finally:
+        machine.close()
