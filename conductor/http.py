@@ -571,6 +571,17 @@ class Pool:
         connection.idle_since = now
         self.idle[connection.key] = connection
 
+    def keep_only(self, addresses: set[str]) -> None:
+        """Forget the agents not at ``addresses`` (host:port): their kept-alive slots and
+        idle connections, so a long-lived pool follows a changing fleet."""
+        self.kept_alive &= addresses
+        for key, connection in list(self.idle.items()):
+            host, port = key[0], key[1]
+            shown = f"[{host}]" if ":" in host else host
+            if f"{shown}:{port}" not in addresses:
+                del self.idle[key]
+                connection.close()
+
     def forget(self, connection: Connection) -> None:
         self.connections.discard(connection)
         if self.idle.get(connection.key) is connection:

@@ -45,7 +45,6 @@ from oslo_utils import timeutils
 
 from conductor import pki
 from conductor.client import USER_AGENT, Trust
-from conductor.http import Pool
 
 from . import addresses, options
 from .bridge import shared_loop
@@ -180,7 +179,7 @@ class _Bookkeeping:
 
     def poller_for(self, settings: PollSettings) -> Poller:
         if self.poller is None or self.poller.settings != settings:
-            self.poller = Poller(settings, Pool())
+            self.poller = Poller(settings)
         return self.poller
 
 
@@ -201,6 +200,7 @@ def _settings() -> PollSettings:
         timeout=float(CONF.tacet.poll_timeout),
         connect_timeout=min(5.0, float(CONF.tacet.poll_timeout)),
         user_agent=conductor_user_agent(),
+        kept_alive=CONF.tacet.kept_alive_agents,
     )
 
 

@@ -45,10 +45,20 @@ opts = [
     cfg.IntOpt(
         "heartbeat_refresh",
         min=1,
-        help="Seconds after which an agent that answers with the same command list as "
-        "before is handed to ironic as a heartbeat anyway (ironic hears every change at "
-        "once). Defaults to half the shortest of [api]ramdisk_heartbeat_timeout and the "
-        "callback timeout of the node's wait state.",
+        help="Seconds after which ironic's callback-timeout clock (provision_updated_at) "
+        "is moved for an agent that answers with the same command list as before "
+        "(ironic hears every change at once, as a heartbeat). Defaults to half the "
+        "shortest of [api]ramdisk_heartbeat_timeout and the callback timeout of the "
+        "node's wait state.",
+    ),
+    cfg.IntOpt(
+        "kept_alive_agents",
+        default=0,
+        min=0,
+        help="Agents whose TLS connection this conductor keeps open between polls. A "
+        "kept connection costs the conductor about 70 KiB of memory and saves a TLS "
+        "handshake per poll; the others reconnect for each poll with TLS session "
+        "resumption (an abbreviated handshake, about 1 ms of CPU).",
     ),
     cfg.PortOpt("agent_port", default=9999, help="The agents' TLS port."),
     cfg.StrOpt(

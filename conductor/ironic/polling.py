@@ -88,6 +88,7 @@ class PollSettings:
     timeout: float = 10.0  # per request
     connect_timeout: float = 5.0
     user_agent: str = USER_AGENT  # with the conductor's name, so agents' logs say who polled
+    kept_alive: int = 0  # agents whose connection stays open between sweeps
 
 
 class Poller:
@@ -95,7 +96,7 @@ class Poller:
 
     def __init__(self, settings: PollSettings, pool: Pool | None = None) -> None:
         self.settings = settings
-        self.pool = pool or Pool()
+        self.pool = pool or Pool(max_kept_alive=settings.kept_alive)
         self._clients: dict[str, tuple[tuple[Any, ...], AgentClient]] = {}
 
     def _client(self, target: Target) -> AgentClient:
@@ -121,6 +122,7 @@ class Poller:
         for uuid in list(self._clients):
             if uuid not in keep:
                 del self._clients[uuid]
+        self.pool.keep_only({client.address for _key, client in self._clients.values()})
 
     async def sweep(self, targets: list[Target]) -> list[Answer]:
         gate = asyncio.Semaphore(max(1, self.settings.concurrency))

@@ -180,6 +180,41 @@ async def test_a_sweep_identifies_new_agents_refuses_strangers_and_sees_the_gone
     assert changed[0].commands[:3] == again[0].commands
 
 
+async def test_polls_reconnect_unless_kept_alive_and_the_pool_follows_the_fleet(
+    start_node,
+) -> None:
+    one = await start_node("one", inventory=with_nic("52:54:00:aa:bb:01"))
+    two = await start_node("two", inventory=with_nic("52:54:00:aa:bb:02"))
+    targets = [
+        Target("one", one.address, Trust(), TOKEN),
+        Target("two", two.address, Trust(), TOKEN),
+    ]
+    settings = PollSettings(concurrency=2, jitter=0.0, timeout=5, connect_timeout=2)
+
+    # By default no connection outlives its poll: each sweep connects anew (resuming the
+    # TLS session), and nothing stays open between sweeps.
+    poller = Poller(settings)
+    for _ in range(3):
+        assert [a.kind for a in await poller.sweep(targets)] == [ALIVE, ALIVE]
+        assert not poller.pool.idle
+    made = poller.pool.connections_made
+    await poller.sweep(targets)
+    assert poller.pool.connections_made - made >= 2
+
+    # Kept alive: later sweeps reuse the connections; a node no longer polled loses its
+    # slot and its idle connection.
+    kept = Poller(PollSettings(**{**settings.__dict__, "kept_alive": 10}))
+    await kept.sweep(targets)
+    made = kept.pool.connections_made
+    await kept.sweep(targets)
+    assert kept.pool.connections_made == made
+    assert len(kept.pool.idle) == 2
+    kept.forget({"one"})
+    assert len(kept.pool.idle) == 1 and kept.pool.kept_alive == {one.address}
+    await kept.pool.close()
+    await poller.pool.close()
+
+
 async def test_mtls_first_contact_presents_the_client_certificate_or_is_refused(
     start_node, test_pki, tmp_path
 ) -> None:
