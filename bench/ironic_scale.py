@@ -5,15 +5,22 @@ The site of tests/ironic/test_cluster.py, at scale: PostgreSQL (Debian's package
 throw-away cluster), one ``ironic-api`` and C ``ironic-conductor`` processes on JSON-RPC
 with Tacet's plugin, and N real Tacet agents on loopback addresses, several hundred to a
 process (tests/ironic/fleet.py), their deploys held mid-download so that every node
-stays in ``wait call-back`` and is polled every ``--interval`` seconds. After first
-contact and two quiet intervals, ``--rounds`` intervals are measured:
+stays in ``wait call-back`` and is polled every ``--interval`` seconds. Each size is
+deployed once, with the first of ``--conductors`` counts; for each count in turn
+conductors then join (started) or leave (SIGTERM) the running site, the bench waits
+until every agent has been polled by exactly one running conductor for two intervals
+(the hash ring has moved the nodes: "moved s"), one more interval, and measures
+``--rounds`` intervals:
 
 - per conductor: CPU seconds per interval as a share of one core, RSS, and how many
   agents it polled (from the agents' access logs, where the plugin names its conductor);
 - the round: the longest gap between two polls of one agent, and how many agents had a
-  gap longer than 1.5 intervals (a round that did not finish in time).
+  gap longer than 1.5 intervals or no poll (a round that did not finish in time).
 
-    .venv/bin/python bench/ironic_scale.py [--sizes 1000,5000] [--conductors 1,2,3]
+A conductor that stays from one count to the next keeps its memory's history: its RSS
+at a lower count is after it held a smaller share.
+
+    .venv/bin/python bench/ironic_scale.py [--sizes 1000,5000] [--conductors 3,2,1]
         [--interval 10] [--rounds 6] [--workers 4]
 
 Run it alone on the machine; the agents share its cores with the conductors, and their
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import shutil
 import sys
 import tempfile
@@ -71,9 +79,54 @@ def gaps(entries: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def run(n: int, conductors: int, interval: int, rounds: int, workers: int, workdir: Path) -> None:
-    site = workdir / f"site-{n}-{conductors}"
-    cluster = IronicCluster(locate_ironic(), site, [""] * conductors, overrides(interval))
+class AccessLogs:
+    """The agents' access logs, read as they grow (each line once)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.offsets: dict[Path, int] = {}
+        self.entries: list[dict[str, Any]] = []
+
+    def since(self, when: float) -> list[dict[str, Any]]:
+        for path in sorted(self.workdir.glob("access-*.jsonl")):
+            with path.open("rb") as handle:
+                handle.seek(self.offsets.get(path, 0))
+                data = handle.read()
+            complete = data[: data.rfind(b"\n") + 1]
+            self.offsets[path] = self.offsets.get(path, 0) + len(complete)
+            self.entries += [json.loads(line) for line in complete.splitlines()]
+        self.entries = [e for e in self.entries if e["time"] >= when - 600]  # bounded
+        return [e for e in self.entries if e["time"] >= when]
+
+
+def pollers(entries: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """agent -> the conductors that polled it in ``entries``."""
+    found: dict[str, set[str]] = collections.defaultdict(set)
+    for entry in entries:
+        conductor = conductor_of(entry["user_agent"] or "")
+        if conductor is not None:
+            found[entry["local"]].add(conductor)
+    return found
+
+
+def settle(logs: AccessLogs, n: int, running: set[str], interval: int) -> float:
+    """Until, over the last two intervals, every agent was polled by exactly one conductor,
+    a running one (after conductors joined or left, the hash ring has moved the nodes)."""
+    began = time.monotonic()
+    deadline = began + 900
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        seen = pollers(logs.since(time.time() - 2 * interval))
+        if len(seen) == n and all(len(c) == 1 and c <= running for c in seen.values()):
+            return time.monotonic() - began
+    raise RuntimeError("the conductors did not settle on one conductor per agent in 900 s")
+
+
+def run(n: int, counts: list[int], interval: int, rounds: int, workers: int, workdir: Path) -> None:
+    """One site of ``n`` nodes, deployed with ``counts[0]`` conductors; then measured with
+    each count in turn, conductors joining or leaving the running site in between."""
+    site = workdir / f"site-{n}"
+    cluster = IronicCluster(locate_ironic(), site, [""] * counts[0], overrides(interval))
     with BackgroundApp(stalling_app()) as images:
         fleet: PassiveFleet | None = None
         try:
@@ -88,42 +141,64 @@ def run(n: int, conductors: int, interval: int, rounds: int, workers: int, workd
             fleet.start_agents([c.workdir / "tftp" for c in cluster.conductors])
             wait_until(lambda: fleet.contacted() == n, 3600, "first contact with every agent")
             contact = time.monotonic() - began - deployed
-            time.sleep(2 * interval)
-            pids = {c.host: tree_pids(c.process.pid) for c in cluster.conductors if c.process}
-            cpu = {host: agent_fleet.process_cpu_seconds(p) for host, p in pids.items()}
-            since = time.time()
-            time.sleep(rounds * interval)
-            cpu = {h: agent_fleet.process_cpu_seconds(p) - cpu[h] for h, p in pids.items()}
-            rss = {host: rss_of(p) for host, p in pids.items()}
-            entries = fleet.access_entries(since)
-            polled: collections.Counter[str] = collections.Counter()
-            holder = {}
-            for entry in entries:
-                conductor = conductor_of(entry["user_agent"] or "")
-                if conductor is not None:
-                    holder[entry["local"]] = conductor
-            polled.update(holder.values())
-            longest = gaps(entries)
-            late = sum(1 for gap in longest.values() if gap > 1.5 * interval)
-            unpolled = n - len(longest)
-            for host in sorted(cpu):
-                print(
-                    f"{n:>6} {conductors:>10} {host:>17} {polled[host]:>7}"
-                    f" {100 * cpu[host] / (rounds * interval):>6.1f}% {rss[host]:>8.0f}"
-                    f" {max(longest.values(), default=0):>8.1f} {late + unpolled:>5}"
-                    f" {deployed:>9.0f} {contact:>8.0f}",
-                    flush=True,
-                )
+            logs = AccessLogs(site)
+            for count in counts:
+                while len(cluster.running()) < count:
+                    cluster.add_conductor()
+                while len(cluster.running()) > count:
+                    cluster.remove_conductor()
+                running = {c.host for c in cluster.running()}
+                moved = settle(logs, n, running, interval)
+                time.sleep(interval)
+                measure(cluster, logs, n, interval, rounds, (deployed, contact, moved))
         finally:
             if fleet is not None:
                 fleet.stop()
             cluster.stop()
 
 
+def measure(
+    cluster: IronicCluster,
+    logs: AccessLogs,
+    n: int,
+    interval: int,
+    rounds: int,
+    times: tuple[float, float, float],
+) -> None:
+    deployed, contact, moved = times
+    running = cluster.running()
+    pids = {c.host: tree_pids(c.process.pid) for c in running if c.process}
+    cpu = {host: agent_fleet.process_cpu_seconds(p) for host, p in pids.items()}
+    since = time.time()
+    time.sleep(rounds * interval)
+    cpu = {h: agent_fleet.process_cpu_seconds(p) - cpu[h] for h, p in pids.items()}
+    rss = {host: rss_of(p) for host, p in pids.items()}
+    entries = logs.since(since)
+    polled: collections.Counter[str] = collections.Counter()
+    for conductors in pollers(entries).values():
+        polled.update(conductors)
+    longest = gaps(entries)
+    late = sum(1 for gap in longest.values() if gap > 1.5 * interval)
+    unpolled = n - len(longest)
+    for host in sorted(cpu):
+        print(
+            f"{n:>6} {len(running):>10} {host:>17} {polled[host]:>7}"
+            f" {100 * cpu[host] / (rounds * interval):>6.1f}% {rss[host]:>8.0f}"
+            f" {max(longest.values(), default=0):>8.1f} {late + unpolled:>5}"
+            f" {deployed:>9.0f} {contact:>8.0f} {moved:>8.0f}",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,5000")
-    parser.add_argument("--conductors", default="1,2,3")
+    parser.add_argument(
+        "--conductors",
+        default="3,2,1",
+        help="conductor counts measured in turn on one deployed site per size (the first "
+        "deploys and finds the agents; then conductors join or leave)",
+    )
     parser.add_argument("--interval", type=int, default=10, help="[tacet] poll_interval")
     parser.add_argument("--rounds", type=int, default=6, help="intervals measured")
     parser.add_argument("--workers", type=int, default=4, help="agent processes")
@@ -134,11 +209,12 @@ def main() -> None:
     print(
         f"{'nodes':>6} {'conductors':>10} {'conductor':>17} {'agents':>7} {'core':>7}"
         f" {'RSS MiB':>8} {'max gap':>8} {'late':>5} {'deploy s':>9} {'found s':>8}"
+        f" {'moved s':>8}"
     )
     try:
+        counts = [int(v) for v in args.conductors.split(",")]
         for n in (int(v) for v in args.sizes.split(",")):
-            for conductors in (int(v) for v in args.conductors.split(",")):
-                run(n, conductors, args.interval, args.rounds, args.workers, workdir)
+            run(n, counts, args.interval, args.rounds, args.workers, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -135,6 +135,27 @@ class IronicCluster:
         self.api.spawn()
         self.wait_alive([c.host for c in self.conductors])
 
+    def add_conductor(self, group: str = "") -> ClusterProcess:
+        """One more conductor joins the running site (the hash ring gives it its share)."""
+        assert self.api is not None
+        conductor = self._process(
+            f"conductor-{len(self.conductors)}", "ironic-conductor", self.api.api_port, group
+        )
+        self.conductors.append(conductor)
+        conductor.spawn()
+        self.wait_alive([c.host for c in self.running()])
+        return conductor
+
+    def remove_conductor(self) -> ClusterProcess:
+        """The newest running conductor stops (SIGTERM: it leaves the ring cleanly)."""
+        conductor = self.running()[-1]
+        conductor.stop()
+        self.wait_alive([c.host for c in self.running()])
+        return conductor
+
+    def running(self) -> list[ClusterProcess]:
+        return [c for c in self.conductors if c.process is not None and c.process.poll() is None]
+
     def wait_alive(self, hosts: list[str], timeout: float = START_TIMEOUT) -> None:
         """Until the API answers and lists exactly ``hosts`` as the live conductors."""
         assert self.api is not None
