@@ -19,13 +19,14 @@ certificate) with ``requests.Session.cert`` set to ``[tacet] client_cert_file``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -120,13 +121,15 @@ ROW_FIELDS = (
     "provision_state",
     "target_provision_state",
     "maintenance",
-    "driver_internal_info",
     "deploy_step",
     "clean_step",
     "service_step",
     "provision_updated_at",
     "updated_at",
 )
+# What a sweep reads of driver_internal_info, and how many nodes' at a time
+AGENT_FIELDS = ("agent_url", "agent_verify_ca", "agent_secret_token")
+AGENT_FIELDS_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -140,18 +143,18 @@ class _Row:
     provision_state: str
     target_provision_state: str | None
     maintenance: bool
-    driver_internal_info: dict[str, Any]
     deploy_step: dict[str, Any] | None
     clean_step: dict[str, Any] | None
     service_step: dict[str, Any] | None
     provision_updated_at: datetime | None
     updated_at: datetime | None
+    # What the sweep needs of driver_internal_info (AGENT_FIELDS), as last read
+    agent: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, result: tuple[Any, ...]) -> _Row:
         uuid, _driver, _group, *fields = result
         values = dict(zip(ROW_FIELDS, fields, strict=True))
-        values["driver_internal_info"] = values["driver_internal_info"] or {}
         values["maintenance"] = bool(values["maintenance"])
         return cls(uuid=uuid, **values)
 
@@ -176,6 +179,32 @@ class _Bookkeeping:
         self.last_answer: dict[str, float] = {}
         self.conductor = ""  # this conductor's name on the hash ring
         self.pacer = HeartbeatPacer()
+        # node -> (its updated_at, AGENT_FIELDS of its driver_internal_info) when read
+        self.agent_fields: dict[str, tuple[datetime | None, dict[str, Any]]] = {}
+
+    def agent_fields_of(self, manager: Any, rows: list[_Row]) -> list[_Row]:
+        """``rows`` with what they need of driver_internal_info, read again only for the
+        nodes saved since it was last read: that JSON (the agent's cached steps, the
+        deploy's steps, ...) is the bulk of a node's row, and parsing it for every node
+        every sweep was most of a sweep's database work and its memory."""
+        stale = [r.uuid for r in rows if self.agent_fields.get(r.uuid, (False,))[0] != r.updated_at]
+        for first in range(0, len(stale), AGENT_FIELDS_BATCH):
+            batch = stale[first : first + AGENT_FIELDS_BATCH]
+            for uuid, _driver, _group, updated_at, info in manager.iter_nodes(
+                fields=["updated_at", "driver_internal_info"], filters={"uuid_in": batch}
+            ):
+                info = info or {}
+                kept = {key: info[key] for key in AGENT_FIELDS if key in info}
+                self.agent_fields[uuid] = (updated_at, kept)
+        known = {r.uuid for r in rows}
+        for uuid in list(self.agent_fields):
+            if uuid not in known:
+                del self.agent_fields[uuid]
+        return [
+            dataclasses.replace(r, agent=self.agent_fields[r.uuid][1])
+            for r in rows
+            if r.uuid in self.agent_fields
+        ]
 
     def poller_for(self, settings: PollSettings) -> Poller:
         if self.poller is None or self.poller.settings != settings:
@@ -395,6 +424,8 @@ class TacetPassiveDeploy(agent.AgentDeploy):
         # what ironic last heard, so the next sweep does not hand ironic a heartbeat
         # that is no news.
         kept = {row.uuid for row in candidates}
+        with _BOOK.lock:
+            candidates = _BOOK.agent_fields_of(manager, candidates)
         rows = {row.uuid: row for row in candidates if not row.reservation}
         if rows:
             try:
@@ -434,7 +465,7 @@ class TacetPassiveDeploy(agent.AgentDeploy):
                 LOG.exception("Passive poll: acting on node %s failed", answer.uuid)
 
     def _target(self, context: Any, row: _Row) -> Target | None:
-        info = row.driver_internal_info
+        info = row.agent
         token = info.get("agent_secret_token")
         url = info.get("agent_url")
         verify_ca = info.get("agent_verify_ca")
@@ -559,7 +590,7 @@ class TacetPassiveDeploy(agent.AgentDeploy):
         )
 
     def _check_timeout(self, context: Any, answer: Answer, row: _Row) -> None:
-        if not row.driver_internal_info.get("agent_url"):
+        if not row.agent.get("agent_url"):
             return  # never answered yet: ironic's own callback timeouts apply
         limit = _agent_timeout()
         seen = _BOOK.last_answer.get(answer.uuid)

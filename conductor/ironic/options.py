@@ -53,7 +53,7 @@ opts = [
     ),
     cfg.IntOpt(
         "kept_alive_agents",
-        default=0,
+        default=1000,
         min=0,
         help="Agents whose TLS connection this conductor keeps open between polls. A "
         "kept connection costs the conductor about 70 KiB of memory and saves a TLS "

@@ -191,9 +191,9 @@ async def test_polls_reconnect_unless_kept_alive_and_the_pool_follows_the_fleet(
     ]
     settings = PollSettings(concurrency=2, jitter=0.0, timeout=5, connect_timeout=2)
 
-    # By default no connection outlives its poll: each sweep connects anew (resuming the
-    # TLS session), and nothing stays open between sweeps.
-    poller = Poller(settings)
+    # Not kept alive, no connection outlives its poll: each sweep connects anew (resuming
+    # the TLS session), and nothing stays open between sweeps.
+    poller = Poller(PollSettings(**{**settings.__dict__, "kept_alive": 0}))
     for _ in range(3):
         assert [a.kind for a in await poller.sweep(targets)] == [ALIVE, ALIVE]
         assert not poller.pool.idle
@@ -201,9 +201,9 @@ async def test_polls_reconnect_unless_kept_alive_and_the_pool_follows_the_fleet(
     await poller.sweep(targets)
     assert poller.pool.connections_made - made >= 2
 
-    # Kept alive: later sweeps reuse the connections; a node no longer polled loses its
-    # slot and its idle connection.
-    kept = Poller(PollSettings(**{**settings.__dict__, "kept_alive": 10}))
+    # Kept alive (the default): later sweeps reuse the connections; a node no longer
+    # polled loses its slot and its idle connection.
+    kept = Poller(settings)
     await kept.sweep(targets)
     made = kept.pool.connections_made
     await kept.sweep(targets)
