@@ -29,23 +29,23 @@ and takes each datagram as one frame, so no framing code and no ports to pick (n
 another test on the machine can take first); the sockets live in a private directory
 the relay removes when it stops.
 
-How an e2e test uses it::
+How an e2e test uses it (``test_relay_guest.py`` does this)::
 
     with Namespace("tacet-vlan") as ns:
-        ns.ip("tuntap", "add", "dev", "wire0", "mode", "tap")
-        ns.ip("addr", "add", "192.0.2.1/24", "dev", "wire0")
-        ns.ip("link", "set", "wire0", "up")
-        with Relay(ns.open_tap("wire0"), vlan=100) as relay:
-            vm = VM(..., extra_args=relay.qemu_args(["52:54:00:12:34:57"]),
-                    kernel_args="vlan=eth1.100:eth1 ip=192.0.2.10::...:eth1.100:none")
-            ...  # reach the agent at 192.0.2.10 from inside ns
+        ns.add_tap("wire0", ipaddress.IPv4Network("192.0.2.0/24"), ["192.0.2.1"])
+        with Relay(ns.open_tap("wire0"), members=("lan1",), vlan=100) as relay:
+            vm = VM(..., extra_args=relay.qemu_args(["52:54:00:7a:e2:11"]))
+            ...  # boot; the guest puts 192.0.2.10 on lan1.100
+            ns.wait_for_listener("192.0.2.10", AGENT_PORT, 120)
             assert relay.counters.get(Event.ACCEPTED, ethertype=ETH_P_IP) > 0
-            assert relay.counters.get(Event.UNTAGGED, ethertype=ETH_P_IP) == 0
+            assert relay.counters.get(Event.UNTAGGED) == 0
 
-For a bond: ``Relay(fd, members=("bond0", "bond1"), lacp=True)``, with
-``relay.qemu_args([mac0, mac1])`` (virtio NICs get ``speed``/``duplex``, which 802.3ad
-needs to aggregate) and, to fail a member for the MII monitor, ``-qmp`` in the VM's
-arguments and ``qmp.set_link`` next to ``relay.fail``.
+A bond: ``Relay(fd, members=("lan1", "lan2"), lacp=True)`` and
+``relay.qemu_args([mac1, mac2])`` (virtio NICs get ``speed``/``duplex``: 802.3ad
+aggregates only full-duplex ports); then ``relay.lacp_in_service(member)`` for each
+member. To fail the active member for the MII monitor: ``qmp.qmp_args(path)`` among the
+VM's arguments, then ``relay.fail(member)`` and ``qmp.set_link(path, member, up=False)``;
+``relay.switch.active_member()`` names the member the guest sends on.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ class Switch:
         self._failed: set[str] = set()
         self._seen_on: dict[bytes, str] = {}  # guest MAC -> member
         self._last_sender: str | None = None
-        self._last_lacpdu: dict[str, lacp.Lacpdu] = {}
+        self._last_lacpdu: dict[str, tuple[lacp.Lacpdu, bytes]] = {}
 
     def fail(self, member: str) -> None:
         self._known(member)
@@ -200,7 +200,14 @@ class Switch:
 
     def last_lacpdu(self, member: str) -> lacp.Lacpdu | None:
         with self._lock:
-            return self._last_lacpdu.get(member)
+            found = self._last_lacpdu.get(member)
+        return found[0] if found else None
+
+    def last_lacpdu_frame(self, member: str) -> bytes | None:
+        """The guest's last LACPDU on ``member`` as it came, Ethernet header and all."""
+        with self._lock:
+            found = self._last_lacpdu.get(member)
+        return found[1] if found else None
 
     def from_guest(self, member: str, frame: bytes) -> tuple[bytes | None, bytes | None]:
         """(frame for the TAP, frame back to this member), either may be None."""
@@ -230,7 +237,7 @@ class Switch:
             return None
         self.counters.add(member, Event.LACPDU, lacp.SLOW_PROTOCOLS)
         with self._lock:
-            self._last_lacpdu[member] = pdu
+            self._last_lacpdu[member] = (pdu, frame)
         index = self.members.index(member) + 1
         ours = lacp.PortInfo(system=LACP_SYSTEM, key=LACP_KEY, port=index, state=0)
         source = LACP_SYSTEM[:5] + bytes((index,))
@@ -305,9 +312,11 @@ class Relay:
         """``-netdev``/``-device`` pairs, one NIC per member, in member order."""
         if len(macs) != len(self.members):
             raise ValueError(f"{len(self.members)} members, {len(macs)} MAC addresses")
-        # A Linux 802.3ad bond aggregates only full-duplex ports; virtio reports none
-        # unless told.
-        extra = ",speed=1000,duplex=full" if nic.startswith("virtio-net") else ""
+        # No option ROM: the guest network-boots from its first NIC, never these. A Linux
+        # 802.3ad bond aggregates only full-duplex ports; virtio reports none unless told.
+        extra = ",romfile="
+        if nic.startswith("virtio-net"):
+            extra += ",speed=1000,duplex=full"
         args: list[str] = []
         for member, mac in zip(self.members, macs, strict=True):
             args += ["-netdev", self.netdev(member)]

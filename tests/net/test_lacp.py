@@ -39,6 +39,16 @@ FIRST_FROM_GUEST = bytes.fromhex(
      + "00" * 50
 )
 
+# What a Linux 6.12 802.3ad bond (the ramdisk's, in QEMU, lacp_rate fast) sent on its
+# first member once the relay had answered: recorded by the e2e test
+# test_agent_reached_over_an_lacp_bond, Ethernet header included.
+LINUX_IN_SERVICE = bytes.fromhex(
+    "0180c2000002" "5254007ae211" "8809"
+    "0101" "0114" "ffff" "7ecf0819b411" "0009" "00ff" "0002" "3f" "000000"
+    "0214" "8000" "02ac7e000000" "0001" "0080" "0001" "3f" "000000"
+    "0310" "0000"
+) + bytes(12 + 2 + 50)  # fmt: skip
+
 
 def test_the_layout_is_110_bytes():
     assert lacp.LACPDU_LENGTH == 110 == len(FIRST_FROM_GUEST)
@@ -109,3 +119,22 @@ def test_in_service_needs_us_as_partner_and_every_bit():
 def test_what_is_not_an_lacpdu_is_refused(payload: bytes):
     with pytest.raises(lacp.NotLacp):
         lacp.parse_lacpdu(payload)
+
+
+def test_a_real_linux_lacpdu_in_service_with_the_relay():
+    assert len(LINUX_IN_SERVICE) == 14 + lacp.LACPDU_LENGTH
+    pdu = lacp.parse_lacpdu(LINUX_IN_SERVICE[14:])
+    assert pdu.actor == lacp.PortInfo(
+        system=bytes.fromhex("7ecf0819b411"),
+        key=9,
+        port=2,
+        state=0x3F,
+        system_priority=0xFFFF,
+        port_priority=0xFF,
+    )
+    assert pdu.partner == lacp.PortInfo(system=RELAY, key=1, port=1, state=0x3F)
+    assert lacp.in_service_with(pdu, RELAY)
+    assert lacp.build_lacpdu(pdu) == LINUX_IN_SERVICE[14:]
+    # our answer to it names the guest's port exactly as the guest sent it
+    ours = lacp.PortInfo(system=RELAY, key=1, port=1, state=0)
+    assert lacp.answer(pdu, ours).partner == pdu.actor

@@ -165,6 +165,7 @@ def test_lacpdus_are_answered_per_member_and_never_forwarded():
     assert answer.partner == lacp.parse_lacpdu(FIRST_FROM_GUEST).actor
     assert counters.get(Event.LACPDU, member="b") == 1
     assert switch.last_lacpdu("b") == lacp.parse_lacpdu(FIRST_FROM_GUEST)
+    assert switch.last_lacpdu_frame("b") == lacpdu_from_guest()
     assert switch.last_lacpdu("a") is None
     # a slow-protocols frame that is not an LACPDU (a marker) is counted, not answered
     marker = lacpdu_from_guest(b"\x02" + FIRST_FROM_GUEST[1:])
@@ -299,10 +300,13 @@ def test_qemu_arguments_name_the_members_and_their_sockets(fake_tap):
             f"dgram,id=bond0,local.type=unix,local.path={relay.guest_path('bond0')},"
             f"remote.type=unix,remote.path={relay.relay_path('bond0')}"
         )
-        assert args[3] == "virtio-net-pci,netdev=bond0,mac=52:54:00:00:00:01,speed=1000,duplex=full"
+        assert (
+            args[3]
+            == "virtio-net-pci,netdev=bond0,mac=52:54:00:00:00:01,romfile=,speed=1000,duplex=full"
+        )
         assert args[4:6] == ["-netdev", relay.netdev("bond1")]
         e1000 = relay.qemu_args(["52:54:00:00:00:01", "52:54:00:00:00:02"], nic="e1000")
-        assert e1000[7] == "e1000,netdev=bond1,mac=52:54:00:00:00:02"
+        assert e1000[7] == "e1000,netdev=bond1,mac=52:54:00:00:00:02,romfile="
         assert len(str(relay.relay_path("bond1"))) < 100  # room in sockaddr_un
         with pytest.raises(ValueError):
             relay.qemu_args(["52:54:00:00:00:01"])
