@@ -150,6 +150,8 @@ def add_bond_options(files: dict[str, str], options: dict[str, list[str]]) -> di
 def generate(parameters: Sequence[str], generator: Path = GENERATOR) -> dict[str, str]:
     """The generator's files (name -> text) for ``parameters``; CmdlineError names each
     parameter it refused."""
+    if not parameters:
+        return {}  # with no arguments the generator would read /proc/cmdline instead
     ok, files, detail = _run(generator, parameters)
     if ok:
         return files

@@ -21,7 +21,12 @@ def body(text: str) -> list[str]:
 
 def test_the_generator_is_there_and_takes_a_root_and_a_command_line():
     assert GENERATOR.is_file()
+    # Without parameters it would read this machine's /proc/cmdline: not run at all.
     assert cmdline.generate([]) == {}
+    files = cmdline.generate(["ip=eth0:dhcp"])
+    assert list(files) == ["90-eth0.network"]
+    lines = body(files["90-eth0.network"])
+    assert "Name=eth0" in lines and "DHCP=ipv4" in lines
 
 
 def test_static_ipv4_with_nameserver():
