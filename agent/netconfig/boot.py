@@ -10,9 +10,10 @@ Runs once, before systemd-networkd starts (tacet-network.service). In order of p
 Both written sets sort before ``80-tacet-wired.network``, so for the NICs they name they
 win (networkd uses the first matching ``.network``). systemd-network-generator.service
 also ran earlier in the boot (its ``.link`` files, which rename NICs, must exist before
-udev sees them); its ``.network`` and ``.netdev`` files are removed here, because its
-``90-`` names lose to the DHCP file and because the command line must not apply when
-network_data.json does.
+udev sees them); its ``.network`` and ``.netdev`` files are removed here: the command
+line must not apply when network_data.json does, refused input must not half-apply, and
+their names depend on systemd's version (``90-*``, after the DHCP file, in systemd 252;
+``70-*`` in 257).
 
 Input that cannot be used is refused with one line on the console. Then the NICs stay
 unconfigured (``10-tacet-no-network.network``) unless the kernel command line has

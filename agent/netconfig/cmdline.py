@@ -6,6 +6,9 @@ the ramdisk. Two of its habits are covered:
 
 - One parameter it cannot parse makes it write nothing at all, with one generic line in the
   journal. :func:`generate` then runs it once per parameter to name the ones it refused.
+- Some input it takes without a word, depending on its version: a key without a value
+  (``vlan``), a VLAN without its parent (``vlan=eth0.100``), a bond without members
+  (``bond=bond0``), none of which configures anything. Those are refused here.
 - It reads ``bond=``'s options (``mode=802.3ad,miimon=100``) and drops them (a TODO in its
   source). :func:`bond_options` reads them and :func:`add_bond_options` writes them into the
   bond's ``.netdev``; options networkd has no setting for are refused, not dropped.
@@ -149,20 +152,45 @@ def add_bond_options(files: dict[str, str], options: dict[str, list[str]]) -> di
 
 def generate(parameters: Sequence[str], generator: Path = GENERATOR) -> dict[str, str]:
     """The generator's files (name -> text) for ``parameters``; CmdlineError names each
-    parameter it refused."""
+    parameter it refused or that would configure nothing."""
     if not parameters:
         return {}  # with no arguments the generator would read /proc/cmdline instead
+    empty = [p for p in parameters if not p.partition("=")[2]]
+    if empty:
+        raise CmdlineError(f"{', '.join(empty)}: no value")
     ok, files, detail = _run(generator, parameters)
-    if ok:
-        return files
-    refused = [p for p in parameters if not _run(generator, [p])[0]]
-    if refused:
+    if not ok:
+        refused = [
+            f"{p} ({_reason(result[2])})"
+            for p in parameters
+            if not (result := _run(generator, [p]))[0]
+        ]
         raise CmdlineError(
             "systemd-network-generator refused "
-            + ", ".join(refused)
-            + " (see dracut.cmdline(7) for the syntax)"
+            + (", ".join(refused) if refused else f"{' '.join(parameters)} ({_reason(detail)})")
+            + "; see dracut.cmdline(7) for the syntax"
         )
-    raise CmdlineError(f"systemd-network-generator refused {' '.join(parameters)}: {detail}")
+    check_attached(files)
+    return files
+
+
+def check_attached(files: dict[str, str]) -> None:
+    """Every VLAN has a parent and every bond a member (else nothing would be created)."""
+    networks = [text.splitlines() for name, text in files.items() if name.endswith(".network")]
+    for name, text in sorted(files.items()):
+        if not name.endswith(".netdev"):
+            continue
+        lines = text.splitlines()
+        device = next((line[5:] for line in lines if line.startswith("Name=")), "")
+        if "Kind=vlan" in lines and not any(f"VLAN={device}" in n for n in networks):
+            raise CmdlineError(f"vlan {device}: no parent interface (vlan=NAME:PARENT)")
+        if "Kind=bond" in lines and not any(f"Bond={device}" in n for n in networks):
+            raise CmdlineError(f"bond {device}: no members (bond=NAME:MEMBER,...)")
+
+
+def _reason(detail: str) -> str:
+    """The generator's error without its own echo of the parameter."""
+    return detail.rpartition('": ')[2] if '": ' in detail else detail
 
 
 def _run(generator: Path, parameters: Sequence[str]) -> tuple[bool, dict[str, str], str]:

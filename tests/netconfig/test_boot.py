@@ -221,17 +221,17 @@ def test_malformed_input_falls_back_to_dhcp_only_when_allowed(tree: Tree):
 
 
 def test_a_malformed_command_line_is_named(tree: Tree):
-    tree.cmdline.write_text(f"{STATIC_CMDLINE} vlan=eth0.100")
+    tree.cmdline.write_text(f"{STATIC_CMDLINE} vlan=eth0.5000:eth0")
     assert tree.run() == EXIT_REFUSED
     assert tree.written() == {NO_NETWORK_FILE: NO_NETWORK}
     assert tree.lines[0] == (
-        "refused: kernel command line: systemd-network-generator refused vlan=eth0.100"
-        " (see dracut.cmdline(7) for the syntax)"
+        "refused: kernel command line: systemd-network-generator refused vlan=eth0.5000:eth0"
+        " (Numerical result out of range); see dracut.cmdline(7) for the syntax"
     )
 
 
 def test_an_unknown_fallback_value_is_reported_and_means_none(tree: Tree):
-    tree.cmdline.write_text("tacet.network-fallback=yes vlan=eth0.100")
+    tree.cmdline.write_text("tacet.network-fallback=yes vlan=eth0.5000:eth0")
     assert tree.run() == EXIT_REFUSED
     assert tree.lines[0] == "tacet.network-fallback=yes: not one of none, dhcp; using none"
     assert NO_NETWORK_FILE in tree.written()
