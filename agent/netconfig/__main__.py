@@ -39,12 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         _say(f"cannot read {args.cmdline}: {exc.strerror or exc}")
         return boot.EXIT_REFUSED
-    wait = cmdline.value_of(words, boot.WAIT_KEY)
-    if wait is not None:
-        try:
-            collector.wait_seconds = max(0.0, min(float(wait), 300.0))
-        except ValueError:
-            _say(f"{boot.WAIT_KEY}={wait}: not a number of seconds; not waiting")
+    collector.wait_seconds, problem = boot.config_drive_wait(words)
+    if problem:
+        _say(problem)
     return boot.configure(collector, args.network_dir, args.generator, _say)
 
 

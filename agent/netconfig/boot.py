@@ -36,6 +36,9 @@ NETWORK_DIR = Path("/run/systemd/network")
 CMDLINE_PREFIX = "20-tacet-cmdline-"
 FALLBACK_KEY = "tacet.network-fallback"
 WAIT_KEY = "tacet.config-drive-wait"
+# With ironic's boot_method=vmedia: how long to wait for the medium (config drive or not).
+VMEDIA_WAIT = 30.0
+MAX_WAIT = 300.0
 FALLBACKS = ("none", "dhcp")
 EXIT_REFUSED = 1
 
@@ -44,6 +47,26 @@ Say = Callable[[str], None]
 
 class Refused(Exception):
     """A configuration source exists and cannot be used; the message is one line."""
+
+
+def config_drive_wait(words: list[str]) -> tuple[float, str | None]:
+    """How long to wait for a config drive, and what was wrong with the asked-for value.
+
+    ``tacet.config-drive-wait=SECONDS`` (at most 300); else, on ironic's virtual media
+    boot (``boot_method=vmedia``), VMEDIA_WAIT: the medium may be the config drive and
+    show up only once its driver is loaded; else none.
+    """
+    default = VMEDIA_WAIT if cmdline.value_of(words, "boot_method") == "vmedia" else 0.0
+    asked = cmdline.value_of(words, WAIT_KEY)
+    if asked is None:
+        return default, None
+    try:
+        seconds = float(asked)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_WAIT:
+        return default, f"{WAIT_KEY}={asked}: not a number of seconds up to {MAX_WAIT:g}; ignored"
+    return seconds, None
 
 
 def configure(

@@ -70,6 +70,24 @@ def blkid_by_label(label: str) -> Path | None:
     return Path(device) if done.returncode == 0 and device else None
 
 
+def blkid_boot_medium() -> Path | None:
+    """A CD-like file system (ISO 9660 or UDF): virtual media, once its driver is loaded."""
+    for kind in ("iso9660", "udf"):
+        try:
+            done = subprocess.run(
+                ["blkid", "-c", "/dev/null", "-l", "-o", "device", "-t", f"TYPE={kind}"],
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if done.returncode == 0 and done.stdout.strip():
+            return Path(done.stdout.strip())
+    return None
+
+
 def _call(argv: list[str]) -> None:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False)
@@ -91,6 +109,7 @@ class Collector:
         cmdline: Path = CMDLINE,
         mount: Mount = mount_read_only,
         find_by_label: FindByLabel = blkid_by_label,
+        find_boot_medium: Callable[[], Path | None] = blkid_boot_medium,
         wait_seconds: float = 0.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -99,6 +118,7 @@ class Collector:
         self.cmdline_file = cmdline
         self.mount = mount
         self.find_by_label = find_by_label
+        self.find_boot_medium = find_boot_medium
         self.wait_seconds = wait_seconds
         self.sleep = sleep
 
@@ -121,7 +141,8 @@ class Collector:
             return Found(origin, _read_bounded(path, origin))
 
     def config_drive(self) -> Path | None:
-        """The device labelled config-2, waiting up to ``wait_seconds`` for it to appear."""
+        """The device labelled config-2, waiting up to ``wait_seconds`` for it to appear
+        (its driver may still be loading), but not once another CD-like medium is there."""
         deadline = time.monotonic() + self.wait_seconds
         while True:
             for label in CONFIG_DRIVE_LABELS:
@@ -134,6 +155,8 @@ class Collector:
                     return device
             if time.monotonic() >= deadline:
                 return None
+            if self.find_boot_medium() is not None:
+                return None  # the virtual media is here, and it is not a config drive
             self.sleep(0.5)
 
 

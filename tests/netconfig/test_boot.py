@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.netconfig import __main__ as entry
-from agent.netconfig.boot import EXIT_REFUSED, configure
+from agent.netconfig.boot import EXIT_REFUSED, VMEDIA_WAIT, config_drive_wait, configure
 from agent.netconfig.cmdline import GENERATOR_MARK
 from agent.netconfig.collect import CONFIG_DRIVE_FILE, CollectError, Collector, mount_read_only
 from agent.netconfig.render import NO_NETWORK, NO_NETWORK_FILE
@@ -55,6 +55,7 @@ class Tree:
             "cmdline": self.cmdline,
             "mount": self.mount,
             "find_by_label": self.blkid.get,
+            "find_boot_medium": lambda: None,
         }
         arguments.update(overrides)
         return Collector(**arguments)  # type: ignore[arg-type]
@@ -141,6 +142,43 @@ def test_waiting_for_a_late_config_drive(tree: Tree):
     assert configure(collector, tree.network_dir, say=tree.lines.append) == 0
     assert naps == [0.5, 0.5]
     assert tree.mounted == [tree.device]
+
+
+def test_waiting_ends_when_the_virtual_media_is_not_a_config_drive(tree: Tree):
+    naps: list[float] = []
+    collector = tree.collector(
+        wait_seconds=60,
+        sleep=naps.append,
+        find_boot_medium=lambda: tree.device if len(naps) >= 3 else None,
+    )
+    assert configure(collector, tree.network_dir, say=tree.lines.append) == 0
+    assert naps == [0.5, 0.5, 0.5]
+    assert tree.mounted == []
+    assert tree.written() == {}
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "wait", "problem"),
+    [
+        ("console=ttyS0", 0.0, None),
+        ("boot_method=vmedia ipa-agent-token=x", VMEDIA_WAIT, None),
+        ("boot_method=pxe", 0.0, None),
+        ("tacet.config-drive-wait=12.5", 12.5, None),
+        ("boot_method=vmedia tacet.config-drive-wait=0", 0.0, None),
+        (
+            "tacet.config-drive-wait=soon",
+            0.0,
+            "tacet.config-drive-wait=soon: not a number of seconds up to 300; ignored",
+        ),
+        (
+            "boot_method=vmedia tacet.config-drive-wait=301",
+            VMEDIA_WAIT,
+            "tacet.config-drive-wait=301: not a number of seconds up to 300; ignored",
+        ),
+    ],
+)
+def test_how_long_to_wait_for_a_config_drive(cmdline: str, wait: float, problem: str | None):
+    assert config_drive_wait(cmdline.split()) == (wait, problem)
 
 
 def test_a_drive_without_network_data_falls_through_to_the_command_line(tree: Tree):
@@ -279,7 +317,7 @@ def test_the_command(tree: Tree, capsys: pytest.CaptureFixture[str]):
     out = capsys.readouterr().out.splitlines()
     assert (
         out[0]
-        == "tacet-network: tacet.config-drive-wait=soon: not a number of seconds; not waiting"
+        == "tacet-network: tacet.config-drive-wait=soon: not a number of seconds up to 300; ignored"
     )
     assert all(line.startswith("tacet-network: ") for line in out)
     assert tree.written() == expected("ironic-static-ipv4")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from agent.netconfig import cmdline
+from agent.netconfig import boot, cmdline, collect
 
 ROOT = Path(__file__).resolve().parents[2]
 ELEMENT = ROOT / "dib-elements" / "tacet-ramdisk"
@@ -51,3 +51,18 @@ def test_the_generator_runs_for_the_same_keys_tacet_network_hands_it():
     dropin = SYSTEMD / "systemd-network-generator.service.d" / "tacet.conf"
     keys = {value.lstrip("|") for value in settings(dropin)["ConditionKernelCommandLine"]}
     assert keys == cmdline.NETWORK_KEYS
+
+
+def test_the_unit_runs_only_when_there_is_something_to_read():
+    """Without these, Python would start on DHCP's path for nothing: the unit's
+    conditions name every source tacet-network reads."""
+    unit = settings(SYSTEMD / "tacet-network.service")
+    keys = {value.lstrip("|") for value in unit["ConditionKernelCommandLine"]}
+    assert all(v.startswith("|") for v in unit["ConditionKernelCommandLine"])
+    assert keys == cmdline.NETWORK_KEYS | {"boot_method=vmedia", boot.WAIT_KEY}
+    paths = {value.lstrip("|") for value in unit["ConditionPathExists"]}
+    assert paths == {str(collect.BUNDLE_FILE)} | {
+        str(collect.BY_LABEL / label) for label in collect.CONFIG_DRIVE_LABELS
+    }
+    # Not ordered after the drivers: networkd must not wait for them through this unit.
+    assert "tacet-load-drivers.service" not in unit["After"]
