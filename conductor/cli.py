@@ -111,6 +111,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="auto|VALUE",
         help="agent token; 'auto' (default) makes a fresh 256-bit one",
     )
+    node.add_argument(
+        "--network-data",
+        type=Path,
+        metavar="FILE",
+        help="the node's network_data.json (OpenStack config-drive format, as in ironic's"
+        " node network_data): checked, then put in the initrd for the ramdisk to configure"
+        " its network without DHCP (see docs/networks.md)",
+    )
     node.add_argument("--show-token", action="store_true", help="also print the token")
     node.add_argument("--days", type=int, default=825, help="validity (default: %(default)s)")
     node.add_argument("-o", "--output", required=True, type=Path, metavar="FILE")
@@ -591,7 +599,17 @@ def _issue_client(args: argparse.Namespace) -> None:
 
 def _node_bundle(args: argparse.Namespace) -> None:
     token = None if args.token == "auto" else args.token
-    bundle = pki.node_bundle(args.dir, args.node, args.ip, token, days=args.days)
+    network_data = None
+    if args.network_data is not None:
+        try:
+            network_data = args.network_data.read_bytes()
+        except OSError as exc:
+            raise pki.PkiError(f"cannot read {args.network_data}: {exc.strerror or exc}") from None
+        for warning in pki.check_network_data(network_data).warnings:
+            print(f"tacet: warning: {args.network_data}: {warning}", file=sys.stderr)
+    bundle = pki.node_bundle(
+        args.dir, args.node, args.ip, token, days=args.days, network_data=network_data
+    )
     output: Path = args.output
     # The initrd first: if keeping the record fails, no node gets secrets the conductor
     # does not know, and an older record stays intact when the initrd cannot be written.
@@ -609,6 +627,8 @@ def _node_bundle(args: argparse.Namespace) -> None:
     print(f"server certificate: {record.cert_path}")
     print(f"server certificate SHA-256 fingerprint: {bundle.fingerprint}")
     print(f"token file: {record.token_path}")
+    if args.network_data is not None:
+        print(f"network data: {args.network_data} (in the initrd as /etc/tacet/network_data.json)")
     if args.show_token:
         print(f"token: {bundle.token}")
 

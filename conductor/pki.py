@@ -41,6 +41,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from conductor import cpio
 from wire.certs import fingerprint
 from wire.files import write_private
+from wire.network_data import NetworkData, NetworkDataError
+from wire.network_data import parse as parse_network_data
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca-key.pem"
@@ -58,6 +60,8 @@ BUNDLE_CLIENT_CA = "client-ca.pem"
 BUNDLE_SERVER_CERT = "server-cert.pem"
 BUNDLE_SERVER_KEY = "server-key.pem"
 BUNDLE_TOKEN = "token"
+# OpenStack's network_data.json, read by the ramdisk's tacet-network before the network is up.
+BUNDLE_NETWORK_DATA = "network_data.json"
 
 # Certificates start a day in the past: a node's clock (an RTC kept in local time,
 # a fresh board) is often hours off, and a "not yet valid" certificate fails the
@@ -92,6 +96,7 @@ class NodeBundle:
     cert_pem: bytes
     key_pem: bytes = field(repr=False)
     token: str = field(repr=False)
+    network_data: bytes | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -100,7 +105,7 @@ class NodeBundle:
     def entries(self) -> list[cpio.Entry]:
         """The initrd's entries, unpacked over the node's root."""
         base = BUNDLE_DIR
-        return [
+        entries = [
             cpio.directory("etc", 0o755),
             cpio.directory(base, 0o700),
             cpio.file(f"{base}/{BUNDLE_CLIENT_CA}", self.ca_pem, 0o644),
@@ -108,6 +113,9 @@ class NodeBundle:
             cpio.file(f"{base}/{BUNDLE_SERVER_KEY}", self.key_pem, 0o600),
             cpio.file(f"{base}/{BUNDLE_TOKEN}", self.token.encode() + b"\n", 0o600),
         ]
+        if self.network_data is not None:
+            entries.append(cpio.file(f"{base}/{BUNDLE_NETWORK_DATA}", self.network_data, 0o644))
+        return entries
 
     def cpio(self, mtime: int = 0) -> bytes:
         return cpio.pack(self.entries(), mtime=mtime)
@@ -366,12 +374,16 @@ def node_bundle(
     ips: Iterable[str] = (),
     token: str | None = None,
     days: int = 825,
+    network_data: bytes | None = None,
 ) -> NodeBundle:
-    """A node's server certificate and key, the client CA and a token (fresh when None).
+    """A node's server certificate and key, the client CA and a token (fresh when None),
+    and the node's network_data.json when given (checked as the ramdisk will read it).
 
     Nothing is written; see :func:`save_node` and :meth:`NodeBundle.cpio`.
     """
     check_name(node, "node name")
+    if network_data is not None:
+        check_network_data(network_data)
     addresses = parse_addresses(ips)
     token = new_token() if token is None else check_token(token)
     _check_days(days)
@@ -379,7 +391,15 @@ def node_bundle(
     sans: list[x509.GeneralName] = [x509.DNSName(node)]
     sans += [x509.IPAddress(a) for a in addresses]
     cert, key = _leaf(ca, ca_key, node, sans, ExtendedKeyUsageOID.SERVER_AUTH, days)
-    return NodeBundle(node, addresses, ca_pem, _cert_pem(cert), _key_pem(key), token)
+    return NodeBundle(node, addresses, ca_pem, _cert_pem(cert), _key_pem(key), token, network_data)
+
+
+def check_network_data(data: bytes) -> NetworkData:
+    """``data`` read with the ramdisk's own parser; PkiError names the offending place."""
+    try:
+        return parse_network_data(data)
+    except NetworkDataError as exc:
+        raise PkiError(f"network data: {exc}") from None
 
 
 def save_node(directory: Path | str, bundle: NodeBundle) -> NodeRecord:

@@ -111,6 +111,10 @@ RUNS: dict[str, Run] = {
             "1 done (run-1.json)",
         ),
     ),
+    "networks-bundle": Run(
+        ("pki",),
+        ("network data: network_data.json (in the initrd as /etc/tacet/network_data.json)",),
+    ),
 }
 
 # Blocks run by a test function of their own (name -> that function's name).

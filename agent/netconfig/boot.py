@@ -1,0 +1,176 @@
+"""The boot step: choose the network configuration and write it for systemd-networkd.
+
+Runs once, before systemd-networkd starts (tacet-network.service). In order of precedence:
+
+1. ``network_data.json`` (node bundle, else config drive), rendered to ``10-tacet-*``;
+2. the kernel command line's ``ip=``/``vlan=``/``bond=``/``nameserver=``/... through
+   systemd-network-generator, installed as ``20-tacet-cmdline-*``;
+3. nothing written: the ramdisk's ``80-tacet-wired.network`` (DHCP and IPv6 RA on every NIC).
+
+Both written sets sort before ``80-tacet-wired.network``, so for the NICs they name they
+win (networkd uses the first matching ``.network``). systemd-network-generator.service
+also ran earlier in the boot (its ``.link`` files, which rename NICs, must exist before
+udev sees them); its ``.network`` and ``.netdev`` files are removed here: the command
+line must not apply when network_data.json does, refused input must not half-apply, and
+their names depend on systemd's version (``90-*``, after the DHCP file, in systemd 252;
+``70-*`` in 257).
+
+Input that cannot be used is refused with one line on the console. Then the NICs stay
+unconfigured (``10-tacet-no-network.network``) unless the kernel command line has
+``tacet.network-fallback=dhcp``, which leaves them to DHCP.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from wire.network_data import NetworkDataError, parse
+
+from . import cmdline
+from .collect import CollectError, Collector
+from .render import NO_NETWORK, NO_NETWORK_FILE, PREFIX, render
+
+NETWORK_DIR = Path("/run/systemd/network")
+CMDLINE_PREFIX = "20-tacet-cmdline-"
+FALLBACK_KEY = "tacet.network-fallback"
+WAIT_KEY = "tacet.config-drive-wait"
+# With ironic's boot_method=vmedia: how long to wait for the medium (config drive or not).
+VMEDIA_WAIT = 30.0
+MAX_WAIT = 300.0
+FALLBACKS = ("none", "dhcp")
+EXIT_REFUSED = 1
+
+Say = Callable[[str], None]
+
+
+class Refused(Exception):
+    """A configuration source exists and cannot be used; the message is one line."""
+
+
+def config_drive_wait(words: list[str]) -> tuple[float, str | None]:
+    """How long to wait for a config drive, and what was wrong with the asked-for value.
+
+    ``tacet.config-drive-wait=SECONDS`` (at most 300); else, on ironic's virtual media
+    boot (``boot_method=vmedia``), VMEDIA_WAIT: the medium may be the config drive and
+    show up only once its driver is loaded; else none.
+    """
+    default = VMEDIA_WAIT if cmdline.value_of(words, "boot_method") == "vmedia" else 0.0
+    asked = cmdline.value_of(words, WAIT_KEY)
+    if asked is None:
+        return default, None
+    try:
+        seconds = float(asked)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_WAIT:
+        return default, f"{WAIT_KEY}={asked}: not a number of seconds up to {MAX_WAIT:g}; ignored"
+    return seconds, None
+
+
+def configure(
+    collector: Collector,
+    network_dir: Path = NETWORK_DIR,
+    generator: Path = cmdline.GENERATOR,
+    say: Say = print,
+) -> int:
+    """Write the network configuration; 0, or EXIT_REFUSED when input was refused."""
+    words = cmdline.split(collector.cmdline())
+    fallback = cmdline.value_of(words, FALLBACK_KEY) or "none"
+    if fallback not in FALLBACKS:
+        say(f"{FALLBACK_KEY}={fallback}: not one of {', '.join(FALLBACKS)}; using none")
+        fallback = "none"
+    network_dir.mkdir(parents=True, exist_ok=True)
+    _clear(network_dir, say)
+    try:
+        files = _choose(collector, words, generator, say)
+    except Refused as exc:
+        say(f"refused: {exc}")
+        if fallback == "dhcp":
+            say(f"falling back to DHCP on every NIC ({FALLBACK_KEY}=dhcp)")
+            return EXIT_REFUSED
+        _write(network_dir, {NO_NETWORK_FILE: NO_NETWORK})
+        say(
+            "no network configured: the agent is unreachable until this is fixed"
+            f" ({FALLBACK_KEY}=dhcp on the kernel command line allows DHCP instead)"
+        )
+        return EXIT_REFUSED
+    if files is None:
+        say("no network_data.json and no ip=/vlan=/bond= parameters: DHCP on every NIC")
+        return 0
+    _write(network_dir, files)
+    say(f"wrote {', '.join(sorted(files))} to {network_dir}")
+    return 0
+
+
+def _choose(
+    collector: Collector, words: list[str], generator: Path, say: Say
+) -> dict[str, str] | None:
+    try:
+        found = collector.network_data()
+    except CollectError as exc:
+        raise Refused(str(exc)) from None
+    parameters = cmdline.network_parameters(words)
+    if found is not None:
+        try:
+            data = parse(found.text)
+        except NetworkDataError as exc:
+            raise Refused(f"network_data.json from {found.origin}: {exc}") from None
+        for warning in data.warnings:
+            say(f"network_data.json: {warning}")
+        say(
+            f"network from network_data.json in the {found.origin}: {len(data.links)} links,"
+            f" {len(data.networks)} networks"
+        )
+        if parameters:
+            say(f"ignored (network_data.json takes precedence): {' '.join(parameters)}")
+        return render(data)
+    if parameters:
+        try:
+            options = cmdline.bond_options(parameters)
+            generated = cmdline.generate(parameters, generator)
+        except cmdline.CmdlineError as exc:
+            raise Refused(f"kernel command line: {exc}") from None
+        say(f"network from the kernel command line: {' '.join(parameters)}")
+        return {
+            CMDLINE_PREFIX + name: text
+            for name, text in cmdline.add_bond_options(generated, options).items()
+            if name.endswith((".network", ".netdev"))
+        }
+    return None
+
+
+def _clear(network_dir: Path, say: Say) -> None:
+    """Our files from an earlier run, and the early generator's .network/.netdev files."""
+    for path in sorted(network_dir.iterdir()):
+        if not path.is_file() or path.is_symlink():
+            continue
+        ours = path.name.startswith((PREFIX, CMDLINE_PREFIX))
+        theirs = path.suffix in (".network", ".netdev") and _first_line(path) == (
+            cmdline.GENERATOR_MARK
+        )
+        if ours or theirs:
+            path.unlink()
+            if theirs:
+                say(f"removed systemd-network-generator's {path.name} (decided here instead)")
+
+
+def _first_line(path: Path) -> str:
+    try:
+        with path.open(errors="replace") as file:
+            return file.readline().rstrip("\n")
+    except OSError:
+        return ""
+
+
+def _write(network_dir: Path, files: dict[str, str]) -> None:
+    """Each file whole or not at all; world-readable, as networkd reads them unprivileged."""
+    for name, text in files.items():
+        temporary = network_dir / f".{name}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+        os.replace(temporary, network_dir / name)
