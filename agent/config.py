@@ -7,6 +7,7 @@ the key and its source.
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 from collections.abc import Callable, Mapping
@@ -64,6 +65,9 @@ class Config:
     collect_lldp: bool = False
     access_log: bool = False  # one log line per answered request (agent/access.py)
     lldp_timeout: float = 30.0
+    # Read by the ramdisk's network step (agent/netconfig) before the agent starts.
+    network_fallback: str = "none"  # what refused network input leaves: nothing, or DHCP
+    config_drive_wait: float | None = None  # seconds; None: 30 on virtual media, else 0
     efivars_dir: Path = Path("/sys/firmware/efi/efivars")  # UEFI variables (boot entries)
     cmdline: str = field(default="", repr=False)  # may carry ipa-agent-token
     config_dir: Path = DEFAULT_CONFIG_DIR
@@ -124,6 +128,27 @@ def _seconds(text: str) -> float:
 
 
 LOOP_NAME = re.compile(r"loop[0-9]+")
+
+
+NETWORK_FALLBACKS = ("none", "dhcp")
+MAX_CONFIG_DRIVE_WAIT = 300.0
+
+
+def _network_fallback(text: str) -> str:
+    if text not in NETWORK_FALLBACKS:
+        raise ValueError(f"must be one of {', '.join(NETWORK_FALLBACKS)}")
+    return text
+
+
+def _config_drive_wait(text: str) -> float:
+    problem = f"must be a number of seconds from 0 to {MAX_CONFIG_DRIVE_WAIT:g}"
+    try:
+        number = float(text)
+    except ValueError:
+        raise ValueError(problem) from None
+    if not 0 <= number <= MAX_CONFIG_DRIVE_WAIT:
+        raise ValueError(problem)
+    return number
 
 
 def _bool(text: str) -> bool:
@@ -263,24 +288,32 @@ SETTINGS: dict[str, Setting] = {
     "access-log": Setting("access_log", _bool),
     "lldp-timeout": Setting("lldp_timeout", _positive_float, "ipa-lldp-timeout"),
     "efivars-dir": Setting("efivars_dir", _path),
+    "network-fallback": Setting("network_fallback", _network_fallback),
+    "config-drive-wait": Setting("config_drive_wait", _config_drive_wait),
 }
 IRONIC_NAMES = {s.ironic_name: name for name, s in SETTINGS.items() if s.ironic_name}
 TACET_PREFIX = "tacet."
 
 
-def parse_cmdline(text: str) -> list[tuple[str, str]]:
-    """``key=value`` tokens of a kernel command line (quotes allowed); flags get ``""``."""
+def read_kernel_cmdline(cmdline_file: Path = DEFAULT_CMDLINE) -> str:
+    """The kernel command line: the one reader of ``/proc/cmdline`` (OSError if unreadable).
+    Bytes that are not UTF-8 may belong to other parameters, which are not ours."""
+    return cmdline_file.read_bytes().decode("utf-8", errors="replace")
+
+
+def cmdline_words(text: str) -> list[str]:
+    """The words of a kernel command line (quotes group), up to a ``--`` (what follows it
+    is for init, not the kernel)."""
     try:
         tokens = shlex.split(text)
     except ValueError:
         tokens = text.split()
-    pairs = []
-    for token in tokens:
-        if token == "--":
-            break  # what follows is for init, not the kernel
-        key, _, value = token.partition("=")
-        pairs.append((key, value))
-    return pairs
+    return list(itertools.takewhile(lambda token: token != "--", tokens))
+
+
+def parse_cmdline(text: str) -> list[tuple[str, str]]:
+    """``key=value`` tokens of a kernel command line (quotes allowed); flags get ``""``."""
+    return [(key, value) for key, _, value in (w.partition("=") for w in cmdline_words(text))]
 
 
 def _apply(
@@ -347,8 +380,7 @@ def load_config(
             _apply(values, origins, key, raw, str(path), key)
     _discover_files(config_dir, values, origins)
     try:
-        # Bytes that are not UTF-8 may belong to other parameters, which are not ours.
-        cmdline = cmdline_file.read_bytes().decode("utf-8", errors="replace")
+        cmdline = read_kernel_cmdline(cmdline_file)
     except OSError as exc:
         raise ConfigError(
             f"cannot read the kernel command line from {cmdline_file}: {exc}"

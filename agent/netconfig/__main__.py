@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from agent.config import cmdline_words
+
 from . import boot, cmdline, collect
 
 
@@ -35,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bundle_file=args.bundle_file, by_label=args.by_label, cmdline=args.cmdline
     )
     try:
-        words = cmdline.split(collector.cmdline())
+        words = cmdline_words(collector.cmdline())
     except OSError as exc:
         _say(f"cannot read {args.cmdline}: {exc.strerror or exc}")
         return boot.EXIT_REFUSED

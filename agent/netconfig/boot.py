@@ -25,7 +25,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from agent.config import SETTINGS, TACET_PREFIX, cmdline_words
 from wire.network_data import NetworkDataError, parse
 
 from . import cmdline
@@ -34,12 +36,10 @@ from .render import NO_NETWORK, NO_NETWORK_FILE, PREFIX, render
 
 NETWORK_DIR = Path("/run/systemd/network")
 CMDLINE_PREFIX = "20-tacet-cmdline-"
-FALLBACK_KEY = "tacet.network-fallback"
-WAIT_KEY = "tacet.config-drive-wait"
+FALLBACK_KEY = TACET_PREFIX + "network-fallback"
+WAIT_KEY = TACET_PREFIX + "config-drive-wait"
 # With ironic's boot_method=vmedia: how long to wait for the medium (config drive or not).
 VMEDIA_WAIT = 30.0
-MAX_WAIT = 300.0
-FALLBACKS = ("none", "dhcp")
 EXIT_REFUSED = 1
 
 Say = Callable[[str], None]
@@ -57,16 +57,20 @@ def config_drive_wait(words: list[str]) -> tuple[float, str | None]:
     show up only once its driver is loaded; else none.
     """
     default = VMEDIA_WAIT if cmdline.value_of(words, "boot_method") == "vmedia" else 0.0
-    asked = cmdline.value_of(words, WAIT_KEY)
-    if asked is None:
-        return default, None
+    seconds, problem = _setting(words, "config-drive-wait")
+    return (default if seconds is None else seconds), problem
+
+
+def _setting(words: list[str], name: str) -> tuple[Any, str | None]:
+    """The ``tacet.NAME`` kernel parameter parsed as the agent's configuration parses it
+    (agent/config.py), or None and why it was not taken."""
+    raw = cmdline.value_of(words, TACET_PREFIX + name)
+    if raw is None:
+        return None, None
     try:
-        seconds = float(asked)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds <= MAX_WAIT:
-        return default, f"{WAIT_KEY}={asked}: not a number of seconds up to {MAX_WAIT:g}; ignored"
-    return seconds, None
+        return SETTINGS[name].parse(raw), None
+    except ValueError as exc:
+        return None, f"{TACET_PREFIX}{name}={raw}: {exc}; ignored"
 
 
 def configure(
@@ -76,11 +80,11 @@ def configure(
     say: Say = print,
 ) -> int:
     """Write the network configuration; 0, or EXIT_REFUSED when input was refused."""
-    words = cmdline.split(collector.cmdline())
-    fallback = cmdline.value_of(words, FALLBACK_KEY) or "none"
-    if fallback not in FALLBACKS:
-        say(f"{FALLBACK_KEY}={fallback}: not one of {', '.join(FALLBACKS)}; using none")
-        fallback = "none"
+    words = cmdline_words(collector.cmdline())
+    fallback, problem = _setting(words, "network-fallback")
+    if problem:
+        say(problem)
+    fallback = fallback or "none"
     network_dir.mkdir(parents=True, exist_ok=True)
     _clear(network_dir, say)
     try:

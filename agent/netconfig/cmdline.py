@@ -48,27 +48,6 @@ class CmdlineError(ValueError):
     """A network parameter that cannot be used; the message is one line."""
 
 
-def split(cmdline: str) -> list[str]:
-    """The words of a kernel command line; double quotes group, as the kernel reads them."""
-    words: list[str] = []
-    word: list[str] = []
-    quoted = started = False
-    for char in cmdline:
-        if char == '"':
-            quoted = not quoted
-            started = True
-        elif char.isspace() and not quoted:
-            if started:
-                words.append("".join(word))
-            word, started = [], False
-        else:
-            word.append(char)
-            started = True
-    if started:
-        words.append("".join(word))
-    return words
-
-
 def network_parameters(words: Iterable[str]) -> list[str]:
     """The words the generator acts on, in order."""
     # systemd reads "-" and "_" in a key as the same character.

@@ -18,11 +18,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.config import DEFAULT_CMDLINE, read_kernel_cmdline
 from wire.network_data import MAX_BYTES
 
 BUNDLE_FILE = Path("/etc/tacet/network_data.json")
 BY_LABEL = Path("/dev/disk/by-label")
-CMDLINE = Path("/proc/cmdline")
+CMDLINE = DEFAULT_CMDLINE
 # ISO 9660 keeps the label as written; FAT file systems often upper-case it.
 CONFIG_DRIVE_LABELS = ("config-2", "CONFIG-2")
 CONFIG_DRIVE_FILE = "openstack/latest/network_data.json"
@@ -123,7 +124,7 @@ class Collector:
         self.sleep = sleep
 
     def cmdline(self) -> str:
-        return self.cmdline_file.read_text(errors="replace")
+        return read_kernel_cmdline(self.cmdline_file)
 
     def network_data(self) -> Found | None:
         """The bundle's network_data.json, else the config drive's, else None."""

@@ -290,6 +290,7 @@ def test_every_setting_has_a_tacet_name(load, name: str) -> None:
         "tls-min-version": "1.3",
         "cert-file": "/c",
         "key-file": "/k",
+        "network-fallback": "dhcp",
     }
     value = values.get(name, "42")
     extra = ""

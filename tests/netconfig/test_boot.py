@@ -168,12 +168,12 @@ def test_waiting_ends_when_the_virtual_media_is_not_a_config_drive(tree: Tree):
         (
             "tacet.config-drive-wait=soon",
             0.0,
-            "tacet.config-drive-wait=soon: not a number of seconds up to 300; ignored",
+            "tacet.config-drive-wait=soon: must be a number of seconds from 0 to 300; ignored",
         ),
         (
             "boot_method=vmedia tacet.config-drive-wait=301",
             VMEDIA_WAIT,
-            "tacet.config-drive-wait=301: not a number of seconds up to 300; ignored",
+            "tacet.config-drive-wait=301: must be a number of seconds from 0 to 300; ignored",
         ),
     ],
 )
@@ -271,7 +271,7 @@ def test_a_malformed_command_line_is_named(tree: Tree):
 def test_an_unknown_fallback_value_is_reported_and_means_none(tree: Tree):
     tree.cmdline.write_text("tacet.network-fallback=yes vlan=eth0.5000:eth0")
     assert tree.run() == EXIT_REFUSED
-    assert tree.lines[0] == "tacet.network-fallback=yes: not one of none, dhcp; using none"
+    assert tree.lines[0] == "tacet.network-fallback=yes: must be one of none, dhcp; ignored"
     assert NO_NETWORK_FILE in tree.written()
 
 
@@ -316,8 +316,8 @@ def test_the_command(tree: Tree, capsys: pytest.CaptureFixture[str]):
     assert code == 0
     out = capsys.readouterr().out.splitlines()
     assert (
-        out[0]
-        == "tacet-network: tacet.config-drive-wait=soon: not a number of seconds up to 300; ignored"
+        out[0] == "tacet-network: tacet.config-drive-wait=soon: must be a number of seconds"
+        " from 0 to 300; ignored"
     )
     assert all(line.startswith("tacet-network: ") for line in out)
     assert tree.written() == expected("ironic-static-ipv4")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from agent.config import cmdline_words
 from agent.netconfig import cmdline
 
 GENERATOR = cmdline.GENERATOR
@@ -146,7 +147,7 @@ def test_parameters_that_would_configure_nothing_are_refused(parameters: list[st
 
 
 def test_split_and_select():
-    words = cmdline.split(
+    words = cmdline_words(
         "BOOT_IMAGE=/vmlinuz console=ttyS0 ip=192.0.2.10::192.0.2.1:255.255.255.0::eth0:none "
         'tacet.x="a b" net.ifname_policy=mac bond=bond0:eth0 ipa-api-url=https://x'
     )

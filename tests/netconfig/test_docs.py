@@ -8,6 +8,7 @@ from pathlib import Path
 
 from markdown_it import MarkdownIt
 
+from agent.config import cmdline_words
 from agent.netconfig import cmdline
 from agent.netconfig.render import render
 from wire.network_data import parse
@@ -44,7 +45,7 @@ def test_dracut_examples_are_accepted_by_the_generator():
     ]
     assert len(lines) == 4
     for line in lines:
-        parameters = cmdline.network_parameters(cmdline.split(line))
+        parameters = cmdline.network_parameters(cmdline_words(line))
         assert parameters == line.split()
         cmdline.bond_options(parameters)
         assert cmdline.generate(parameters)
