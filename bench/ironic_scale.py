@@ -59,10 +59,15 @@ from tests.ironic.launcher import locate_ironic  # noqa: E402
 from tests.ironic.passive import PASSIVE_OVERRIDES  # noqa: E402
 
 
-def overrides(interval: int) -> dict[str, dict[str, str]]:
+def overrides(interval: int, n: int) -> dict[str, dict[str, str]]:
     found = {section: dict(values) for section, values in PASSIVE_OVERRIDES.items()}
     found["tacet"] = {"poll_interval": str(interval), "poll_timeout": "10"}
-    found["conductor"] = {"deploy_callback_timeout": "7200", "workers_pool_size": "400"}
+    found["conductor"] = {
+        "deploy_callback_timeout": "7200",
+        "workers_pool_size": "400",
+        # ironic answers 503 to the deploy past this many in flight, site-wide
+        "max_concurrent_deploy": str(max(250, n)),
+    }
     found["api"]["ramdisk_heartbeat_timeout"] = "900"
     return found
 
@@ -126,7 +131,7 @@ def run(n: int, counts: list[int], interval: int, rounds: int, workers: int, wor
     """One site of ``n`` nodes, deployed with ``counts[0]`` conductors; then measured with
     each count in turn, conductors joining or leaving the running site in between."""
     site = workdir / f"site-{n}"
-    cluster = IronicCluster(locate_ironic(), site, [""] * counts[0], overrides(interval))
+    cluster = IronicCluster(locate_ironic(), site, [""] * counts[0], overrides(interval, n))
     with BackgroundApp(stalling_app()) as images:
         fleet: PassiveFleet | None = None
         try:
