@@ -54,12 +54,12 @@ def mount_read_only(device: Path) -> Iterator[Path]:
             _call(["umount", target])
 
 
-def blkid_by_label(label: str) -> Path | None:
-    """The device whose file system has ``label``, probed directly (udev may not have
-    made its /dev/disk/by-label link yet)."""
+def _blkid_find(token: str) -> Path | None:
+    """The first device ``blkid`` finds for ``token`` (``LABEL=...``, ``TYPE=...``),
+    probed directly: udev may not have made its /dev/disk links yet."""
     try:
         done = subprocess.run(
-            ["blkid", "-c", "/dev/null", "-l", "-o", "device", "-t", f"LABEL={label}"],
+            ["blkid", "-c", "/dev/null", "-l", "-o", "device", "-t", token],
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
@@ -71,21 +71,17 @@ def blkid_by_label(label: str) -> Path | None:
     return Path(device) if done.returncode == 0 and device else None
 
 
+def blkid_by_label(label: str) -> Path | None:
+    """The device whose file system has ``label``."""
+    return _blkid_find(f"LABEL={label}")
+
+
 def blkid_boot_medium() -> Path | None:
     """A CD-like file system (ISO 9660 or UDF): virtual media, once its driver is loaded."""
     for kind in ("iso9660", "udf"):
-        try:
-            done = subprocess.run(
-                ["blkid", "-c", "/dev/null", "-l", "-o", "device", "-t", f"TYPE={kind}"],
-                capture_output=True,
-                text=True,
-                timeout=TIMEOUT,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        if done.returncode == 0 and done.stdout.strip():
-            return Path(done.stdout.strip())
+        found = _blkid_find(f"TYPE={kind}")
+        if found is not None:
+            return found
     return None
 
 

@@ -82,6 +82,23 @@ def stalling_server() -> Iterator[StallingServer]:
         yield server
 
 
+def stalled_deploy(
+    machine: PassiveMachine, images: Images, stalling_server: StallingServer
+) -> LocalAgent:
+    """A deploy whose agent answers and starts writing an image that never arrives."""
+    machine.enroll(
+        boot_mode="bios",
+        instance_info=images.instance_info(images.raw, image_source=stalling_server.url),
+    )
+    machine.provide()
+    machine.api.set_provision_state(machine.ident, "active")
+    machine.wait_for("wait call-back")
+    agent = machine.boot_agent()
+    stalling_server.downloading.wait(120)
+    assert stalling_server.downloading.is_set(), agent.tail()
+    return agent
+
+
 async def agent_commands(address: str, token: str) -> list[str]:
     async with AgentClient(address, Options(Trust(), token)) as client:
         return [result.command_name for result in await client.list_commands()]
@@ -201,16 +218,7 @@ def test_a_vanished_agent_fails_the_deploy_within_the_timeout(
     machine: PassiveMachine, images: Images, stalling_server: StallingServer
 ) -> None:
     """The agent answers, starts writing (its download stalls), then disappears."""
-    machine.enroll(
-        boot_mode="bios",
-        instance_info=images.instance_info(images.raw, image_source=stalling_server.url),
-    )
-    machine.provide()
-    machine.api.set_provision_state(machine.ident, "active")
-    machine.wait_for("wait call-back")
-    agent = machine.boot_agent()
-    stalling_server.downloading.wait(120)
-    assert stalling_server.downloading.is_set(), agent.tail()
+    agent = stalled_deploy(machine, images, stalling_server)
     agent.process.kill()  # type: ignore[union-attr]
     gone = time.monotonic()
 
@@ -254,16 +262,7 @@ def test_a_long_step_outlives_the_callback_timeout_on_refreshes_alone(
         images.url("deploy.initramfs"),
     )
     try:
-        machine.enroll(
-            boot_mode="bios",
-            instance_info=images.instance_info(images.raw, image_source=stalling_server.url),
-        )
-        machine.provide()
-        machine.api.set_provision_state(machine.ident, "active")
-        machine.wait_for("wait call-back")
-        agent = machine.boot_agent()
-        stalling_server.downloading.wait(120)
-        assert stalling_server.downloading.is_set(), agent.tail()
+        agent = stalled_deploy(machine, images, stalling_server)
         uuid = machine.ident
         time.sleep(5)  # the heartbeat that saw write_image start is behind us
 
