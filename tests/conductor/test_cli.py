@@ -191,6 +191,13 @@ async def test_provision(node, test_pki, image_server, tmp_path):
     assert code == 3 and node.power.calls == ["power_off"]  # good was not run again
 
 
+def interruptible() -> None:
+    """Ctrl-C's default in the child, as at a terminal: a test run started in the
+    background by a shell without job control ignores SIGINT, and a child inherits that
+    (Python then keeps it ignored, rightly for a background job)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_provision_ctrl_c(node, test_pki, image_server, tmp_path):
     image_server.hold = True
     image = {
@@ -209,6 +216,7 @@ async def test_provision_ctrl_c(node, test_pki, image_server, tmp_path):
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=interruptible,
     )
     for _ in range(200):
         await asyncio.sleep(0.05)
