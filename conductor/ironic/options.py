@@ -6,6 +6,8 @@ from typing import Any
 
 from oslo_config import cfg
 
+from conductor.http import DEFAULT_KEPT_ALIVE
+
 TRUST_MODES = ("token-binding", "claim", "mtls")
 
 opts = [
@@ -53,7 +55,7 @@ opts = [
     ),
     cfg.IntOpt(
         "kept_alive_agents",
-        default=1000,
+        default=DEFAULT_KEPT_ALIVE,
         min=0,
         help="Agents whose TLS connection this conductor keeps open between polls. A "
         "kept connection costs the conductor about 70 KiB of memory and saves a TLS "

@@ -25,7 +25,7 @@ from conductor.client import (
     Untrusted,
     describe,
 )
-from conductor.http import Pool
+from conductor.http import DEFAULT_KEPT_ALIVE, Pool
 
 from .pacing import CommandsSeen, commands_seen
 
@@ -88,7 +88,7 @@ class PollSettings:
     timeout: float = 10.0  # per request
     connect_timeout: float = 5.0
     user_agent: str = USER_AGENT  # with the conductor's name, so agents' logs say who polled
-    kept_alive: int = 1000  # agents whose connection stays open between sweeps
+    kept_alive: int = DEFAULT_KEPT_ALIVE  # agents whose connection stays open between sweeps
 
 
 class Poller:
