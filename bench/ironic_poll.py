@@ -90,6 +90,52 @@ def rss_of(pids: list[int]) -> float:
     return total * os.sysconf("SC_PAGE_SIZE") / MIB
 
 
+def threads_of(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("Threads:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def malloc_report(pids: list[int], console: Path) -> float:
+    """glibc's per-arena figures (into ironic's console log), then ``malloc_trim(0)`` in
+    each process through gdb; the RSS after. What the trim gives back was freed memory
+    that glibc kept, not objects ironic or the plugin hold."""
+    before = console.stat().st_size
+    for pid in pids:
+        subprocess.run(
+            [
+                "gdb",
+                "-p",
+                str(pid),
+                "-batch",
+                "-ex",
+                "call (void) malloc_stats()",
+                "-ex",
+                "call (int) malloc_trim(0)",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+            timeout=120,
+        )
+    with console.open("rb") as handle:
+        handle.seek(before)
+        report = handle.read().decode(errors="replace")
+    # glibc's "Arena N:" blocks: system bytes (held from the kernel) and in-use bytes
+    held = [int(x.split("=")[1]) for x in report.splitlines() if x.startswith("system bytes")]
+    used = [int(x.split("=")[1]) for x in report.splitlines() if x.startswith("in use bytes")]
+    print(
+        f"bench: glibc arenas {len(held) - 1}, held {sum(held[:-1]) / MIB:.1f} MiB, "
+        f"in use {sum(used[:-1]) / MIB:.1f} MiB (before the trim)",
+        flush=True,
+    )
+    return rss_of(pids)
+
+
 # -- cleanup ----------------------------------------------------------------------------------
 class ProcessGroups:
     """Every process group the bench started, ended however the bench ends.
@@ -185,7 +231,13 @@ def wait_until(check: Any, timeout: float, what: str) -> None:
 
 
 def run_size(
-    n: int, interval: int, sweeps: int, workers: int, workdir: Path, settle: float
+    n: int,
+    interval: int,
+    sweeps: int,
+    workers: int,
+    workdir: Path,
+    settle: float,
+    ironic_env: dict[str, str],
 ) -> dict[str, Any]:
     from tests.e2e.harness import BackgroundApp
     from tests.ironic.launcher import IronicApi, IronicService, locate_ironic
@@ -211,13 +263,14 @@ def run_size(
                     [str(ironic.install.bin / "ironic"), "--config-file", str(ironic.conf)],
                     stdout=console,
                     stderr=subprocess.STDOUT,
-                    env=ironic.env(),
+                    env={**ironic.env(), **ironic_env},
                     start_new_session=True,
                 )
                 GROUPS.add(ironic.process)
             ironic.wait_ready()
             time.sleep(5)
             idle_rss = rss_of(tree_pids(ironic.process.pid))
+            idle_threads = threads_of(tree_pids(ironic.process.pid))
             api = IronicApi(ironic.url)
             base = f"http://127.0.0.1:{images.port}"
             uuids = []
@@ -278,6 +331,7 @@ def run_size(
             if redeployed:
                 print(f"bench: {len(redeployed)} deploys failed and were started again")
             enrolled_rss = rss_of(tree_pids(ironic.process.pid))  # no agent up yet
+            enrolled_threads = threads_of(tree_pids(ironic.process.pid))
 
             tokens = {}
             for i in range(n):
@@ -330,12 +384,20 @@ def run_size(
             if profiler is not None:
                 profiler.wait(timeout=60)
             polled_rss = rss_of(pids)
+            polled_threads = threads_of(pids)
+            trimmed_rss = (
+                malloc_report(pids, ironic.console)
+                if os.environ.get("TACET_BENCH_MALLOC")
+                else None
+            )
             still = api.get("/v1/nodes?fields=uuid,provision_state&limit=1000")["nodes"]
             waiting = sum(1 for x in still if x["provision_state"] == "wait call-back")
             return {
                 "idle_rss_mib": idle_rss,
                 "enrolled_rss_mib": enrolled_rss,
                 "polled_rss_mib": polled_rss,
+                "trimmed_rss_mib": trimmed_rss,
+                "threads": [idle_threads, enrolled_threads, polled_threads],
                 "cpu_per_sweep_s": cpu / sweeps,
                 "core_share": cpu / (interval * sweeps),
                 "first_contact_s": first_contact_s,
@@ -368,6 +430,11 @@ def main() -> None:
         "contacts took minutes)",
     )
     parser.add_argument("--workers", type=int, default=2, help="agent processes")
+    parser.add_argument(
+        "--malloc-arena-max",
+        type=int,
+        help="run ironic with MALLOC_ARENA_MAX set (glibc's heaps for its threads)",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -391,7 +458,10 @@ def main() -> None:
         )
         for n in sizes:
             settle = args.settle if args.settle is not None else 2 * args.interval
-            r = run_size(n, args.interval, args.sweeps, args.workers, workdir, settle)
+            ironic_env = {}
+            if args.malloc_arena_max is not None:
+                ironic_env["MALLOC_ARENA_MAX"] = str(args.malloc_arena_max)
+            r = run_size(n, args.interval, args.sweeps, args.workers, workdir, settle, ironic_env)
             print(
                 f"{n:>6} {r['first_contact_s']:>15.1f} {r['cpu_per_sweep_s']:>11.2f} "
                 f"{100 * r['core_share']:>6.1f}% {r['idle_rss_mib']:>12.1f} "
@@ -402,6 +472,9 @@ def main() -> None:
                 f"{r['refreshes_per_sweep']:>15.1f}",
                 flush=True,
             )
+            print(f"       threads idle/enrolled/polled: {r['threads']}", flush=True)
+            if r["trimmed_rss_mib"] is not None:
+                print(f"       RSS after malloc_trim: {r['trimmed_rss_mib']:.1f} MiB", flush=True)
     finally:
         with uninterrupted():
             GROUPS.end_all()
