@@ -316,7 +316,8 @@ class AgentServer:
                 self.record_problem = str(exc)
                 LOG.warning("network record ignored: %s", exc)
             return ()
-        return tuple(a.ip for a in record.static) if record else ()
+        # A link-local address is no use to a conductor, and is never in the certificate.
+        return tuple(a.ip for a in record.static if not a.ip.is_link_local) if record else ()
 
     async def _wait_for_network(self, host: HostAddresses) -> tuple[IPAddress, ...]:
         """Wait, up to ``network_wait``, for what the start needs; the static addresses.

@@ -116,7 +116,7 @@ def _interface(network: list[Section], netdevs: dict[str, list[Section]]) -> dic
     return {
         "name": name,
         "mac": mac.lower() if mac else None,
-        "kind": kind if kind in ("vlan", "bond") else "ethernet",
+        "kind": kind,  # ethernet, vlan, bond (or another netdev kind, as networkd names it)
         "vlan_id": _int(_first(netdev, "VLAN", "Id")) if netdev and kind == "vlan" else None,
         "vlan_parent": None,  # filled in by _link from the parent's VLAN=
         "bond_mode": (_first(netdev, "Bond", "Mode") if netdev and kind == "bond" else None),

@@ -227,6 +227,19 @@ async def test_a_new_static_address_makes_a_new_certificate(tmp_path, monkeypatc
         await second.stop("test finished")
 
 
+async def test_a_static_link_local_address_is_not_waited_for(tmp_path, monkeypatch):
+    monkeypatch.setattr(agent.daemon, "NETWORK_POLL", 0.01)
+    write_record(tmp_path / "state", "fe80::10/64", "192.0.2.10/24")
+    host = Host(tmp_path, [({STATIC_V4}, "")])
+    monkeypatch.setattr(agent.daemon, "local_addresses", host)
+    server = await start_server(tmp_path, host)
+    try:
+        assert server.configured_addresses() == (STATIC_V4,)
+        assert host.looks < 10  # not the whole wait
+    finally:
+        await server.stop("test finished")
+
+
 async def test_a_broken_record_is_logged_and_ignored(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(agent.daemon, "NETWORK_POLL", 0.01)
     path = record.record_file(tmp_path / "state")

@@ -145,3 +145,13 @@ def test_a_broken_record_is_named(tmp_path: Path, text: str, problem: str):
     with pytest.raises(RecordError) as caught:
         read(path)
     assert problem in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_another_netdev_kind_is_named_as_networkd_names_it():
+    files = cmdline.generate(
+        ["bridge=br0:eth0", "ip=192.0.2.40::192.0.2.1:255.255.255.0::br0:none"]
+    )
+    found = by_name_or_mac(from_networkd(files, "cmdline"))
+    assert found["br0"]["kind"] == "bridge"
+    assert found["br0"]["addresses"] == ["192.0.2.40/24"]
+    assert found["eth0"]["kind"] == "ethernet"
