@@ -122,6 +122,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
     power = RecordingPower() if args.power_backend == "recording" else SystemPower()
     try:
         asyncio.run(serve(config, power=power, network_wait=args.wait_for_network))
+    except ConfigError as exc:  # a setting that only the host can refute (listen-host)
+        print(f"tacet-agent: configuration error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"tacet-agent: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -11,12 +11,14 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from . import __version__, access, logs, memory
+from .addresses import HostAddresses, check_listen_host, listen_address
 from .commands import Registry
 from .config import KERNEL, Config
 from .connections import ConnectionTable, fit_descriptor_limit
@@ -25,8 +27,10 @@ from .extensions import bootloader, log, poll, standby, steps
 from .gate import Timeouts, TlsGate
 from .inventory_cache import UDEV_CONTROL, InventoryCache
 from .malformed import connections
+from .netconfig.record import RecordError, record_file
+from .netconfig.record import read as read_record
 from .power import PowerBackend, SystemPower
-from .tls import Identity, load_identity, local_addresses, server_context
+from .tls import Identity, IPAddress, load_identity, local_addresses, server_context
 
 LOG = logging.getLogger(__name__)
 WARMUP_DELAY = 0.5  # seconds after the listener is up
@@ -81,9 +85,10 @@ def build_agent(
     return agent
 
 
-async def call_home(agent: Agent, listen_port: int) -> None:
+async def call_home(agent: Agent, listen_port: int, configured: Sequence[IPAddress] = ()) -> None:
     """As IPA: post the inspection data first (a failure is logged, not fatal), then,
-    with an API URL, look up (by the node UUID ironic answered, if any) and heartbeat.
+    with an API URL, look up (by the node UUID ironic answered, if any) and heartbeat,
+    advertising one of the ``configured`` static addresses when there are any.
     Never started in passive mode."""
     node_uuid = None
     if agent.config.inspection_targets:
@@ -93,7 +98,7 @@ async def call_home(agent: Agent, listen_port: int) -> None:
     if agent.config.api_urls:
         from .ironic import IronicClient
 
-        await IronicClient(agent, listen_port, node_uuid).run()
+        await IronicClient(agent, listen_port, node_uuid, configured).run()
 
 
 def notify_systemd(state: str, environ: dict[str, str] | None = None) -> bool:
@@ -121,19 +126,29 @@ def routable(addresses: Iterable[Any]) -> list[Any]:
 
 
 async def wait_for_network(
-    timeout: float, addresses: Callable[[], Iterable[Any]] | None = None
+    timeout: float,
+    addresses: Callable[[], Iterable[Any]] | None = None,
+    wanted: Callable[[], Iterable[Any]] = tuple,
+    need_routable: bool = True,
 ) -> list[Any]:
-    """Wait up to ``timeout`` s for a routable address; the ones found (empty on timeout).
+    """Wait up to ``timeout`` s for a routable address (unless not ``need_routable``) and
+    for every address ``wanted()`` names to be usable; the routable ones found then
+    (empty on timeout without any).
 
     The ramdisk starts the agent while DHCP is still running, so that importing and
     setting up overlap with it; what needs the address (a generated certificate's IP
     SANs, the lookup in active mode) waits here instead of in systemd's ordering.
+    ``wanted`` is asked again on every look: tacet-network's record of the static
+    addresses may be written while the agent waits (it always is before networkd, so
+    before any address can appear).
     """
     source = addresses or local_addresses
     deadline = time.monotonic() + timeout
     while True:
-        found = routable(source())
-        if found or time.monotonic() >= deadline:
+        usable = set(source())
+        found = routable(usable)
+        ready = (found or not need_routable) and all(a in usable for a in wanted())
+        if ready or time.monotonic() >= deadline:
             return found
         await asyncio.sleep(NETWORK_POLL)
 
@@ -164,8 +179,11 @@ def listen_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
     raise error
 
 
-def certificate_addresses(config: Config) -> set[Any]:
-    addresses = local_addresses()
+def certificate_addresses(config: Config, configured: Iterable[IPAddress] = ()) -> set[Any]:
+    """The host's addresses, every static one tacet-network configured (up or not: the
+    certificate must not need regenerating when a late one comes up), and an
+    ``advertise-host`` address."""
+    addresses = local_addresses() | set(configured)
     if config.advertise_host:
         # A host name is skipped: the certificate carries IP SANs only, like IPA's.
         with contextlib.suppress(ValueError):
@@ -199,9 +217,12 @@ class AgentServer:
         power: PowerBackend | None = None,
         collect_inventory: Any = None,
         network_wait: float = 0.0,
+        host_root: Path = Path("/"),
     ) -> None:
         self.config = config
         self.network_wait = network_wait
+        self.host_root = host_root  # where /proc is read from (tests: a recorded tree)
+        self.record_problem: str | None = None
         self.power = power or SystemPower()
         self.collect_inventory = collect_inventory
         self.agent: Agent | None = None
@@ -225,16 +246,14 @@ class AgentServer:
         config = self.config
         config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(config.state_dir, 0o700)
-        if self.network_wait > 0 and (config.cert_file is None or config.mode != "passive"):
-            # A configured certificate needs no address: listen at once. A generated one
-            # carries the addresses, and a lookup or an inspection post needs the network.
-            LOG.info("waiting up to %gs for a routable address", self.network_wait)
-            if not await wait_for_network(self.network_wait):
-                LOG.warning(
-                    "no routable address after %gs; going on without one", self.network_wait
-                )
+        host = HostAddresses(self.host_root, local_addresses)
+        configured = await self._wait_for_network(host)
+        check_listen_host(config, configured, host)
         identity = load_identity(
-            config.state_dir, certificate_addresses(config), config.cert_file, config.key_file
+            config.state_dir,
+            certificate_addresses(config, configured),
+            config.cert_file,
+            config.key_file,
         )
         agent = build_agent(config, identity, self.power, self.collect_inventory)
         agent.ssl_context = server_context(
@@ -284,8 +303,55 @@ class AgentServer:
         # to answer the conductor's first probes, never before it.
         self.warmup = asyncio.create_task(self._warm_up(agent))
         if config.mode != "passive":
-            self.ironic = asyncio.create_task(call_home(agent, self.port))
+            self.ironic = asyncio.create_task(call_home(agent, self.port, configured))
         return agent
+
+    def configured_addresses(self) -> tuple[IPAddress, ...]:
+        """The static addresses tacet-network configured, in its record's order; none
+        without a record, or with one that cannot be read (said once in the log)."""
+        try:
+            record = read_record(record_file(self.config.state_dir))
+        except RecordError as exc:
+            if self.record_problem != str(exc):
+                self.record_problem = str(exc)
+                LOG.warning("network record ignored: %s", exc)
+            return ()
+        # A link-local address is no use to a conductor, and is never in the certificate.
+        return tuple(a.ip for a in record.static if not a.ip.is_link_local) if record else ()
+
+    async def _wait_for_network(self, host: HostAddresses) -> tuple[IPAddress, ...]:
+        """Wait, up to ``network_wait``, for what the start needs; the static addresses.
+
+        A configured certificate in passive mode needs no address (it listens at once),
+        unless ``listen-host`` names one that is not up yet. A generated certificate
+        carries the addresses (every static one, up and past IPv6 duplicate address
+        detection), and a lookup or an inspection post needs the network.
+        """
+        config = self.config
+        listen = listen_address(config)
+        listen_wanted = () if listen is None or listen.is_loopback else (listen,)
+        needs_network = config.cert_file is None or config.mode != "passive"
+        if self.network_wait <= 0 or not (
+            needs_network or any(a not in host() for a in listen_wanted)
+        ):
+            return self.configured_addresses()
+
+        def wanted() -> tuple[IPAddress, ...]:
+            statics = self.configured_addresses() if needs_network else ()
+            return statics + listen_wanted
+
+        LOG.info("waiting up to %gs for the network", self.network_wait)
+        found = await wait_for_network(self.network_wait, host, wanted, needs_network)
+        if needs_network and not found:
+            LOG.warning("no routable address after %gs; going on without one", self.network_wait)
+        usable = host()
+        missing = [str(a) for a in wanted() if a not in usable]
+        if missing:
+            LOG.warning("not up after %gs: %s; going on", self.network_wait, ", ".join(missing))
+        configured = self.configured_addresses()
+        if configured:
+            LOG.info("static addresses: %s", ", ".join(str(a) for a in configured))
+        return configured
 
     async def _warm_up(self, agent: Agent) -> None:
         await asyncio.sleep(WARMUP_DELAY)

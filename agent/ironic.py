@@ -14,6 +14,7 @@ import logging
 import random
 import socket
 import ssl
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,6 +55,31 @@ def route_address(api_url: str) -> str | None:
         return None
 
 
+def advertised_host(
+    explicit: str | None,
+    configured: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address],
+    route: str | None,
+) -> str:
+    """The host of the callback URL ironic is told to reach the agent at.
+
+    An explicit ``advertise-host`` wins. Else, with static addresses configured by
+    tacet-network, one of them: the one the kernel would send from toward the API
+    (``route``; on the network ironic is on, so ironic can reach it back), else the first
+    in the record's order (network_data.json lists the provisioning network first, as
+    ironic builds it). A route's source that is not a configured address (a DHCP lease on
+    another NIC) loses to them: the static ones are what the operator planned and what
+    the certificate was made for. Without static addresses: the route's source, as IPA.
+    """
+    if explicit:
+        return explicit
+    if configured:
+        for address in configured:
+            if route is not None and str(address) == route.split("%", 1)[0]:
+                return str(address)
+        return str(configured[0])
+    return route or "127.0.0.1"
+
+
 def callback_url(host: str, port: int) -> str:
     try:
         is_v6 = ipaddress.ip_address(host).version == 6
@@ -70,8 +96,15 @@ def api_context(config: Config) -> ssl.SSLContext:
 
 
 class IronicClient:
-    def __init__(self, agent: Agent, listen_port: int, node_uuid: str | None = None) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        listen_port: int,
+        node_uuid: str | None = None,
+        configured: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
+    ) -> None:
         self.agent = agent
+        self.configured = tuple(configured)  # static addresses from tacet-network
         self.config = agent.config
         self.listen_port = listen_port
         self.node_uuid = node_uuid  # from inspection: narrows the lookup, as IPA's does
@@ -146,7 +179,9 @@ class IronicClient:
         self.agent.apply_node_info(data)
 
     def callback(self) -> str:
-        host = self.config.advertise_host or route_address(self.api) or "127.0.0.1"
+        explicit = self.config.advertise_host
+        route = None if explicit else route_address(self.api)
+        host = advertised_host(explicit, self.configured, route)
         return callback_url(host, self.config.advertise_port or self.listen_port)
 
     async def heartbeat(self, session: aiohttp.ClientSession) -> bool:

@@ -44,6 +44,7 @@ def collectors(
             lldp=None
             if lldp_timeout is None
             else (lambda names: sources.lldp(names, lldp_timeout)),
+            procfs=sources.procfs,
         ).collect,
         "disks": DiskCollector(sources.sysfs, sources.udev, allow_loop_devices).collect,
         "cpu": CpuCollector(

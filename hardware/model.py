@@ -14,6 +14,18 @@ SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
+class InterfaceAddress:
+    address: str  # IPv4 or IPv6, without a ``%scope``
+    prefix: int | None
+
+
+@dataclass(frozen=True)
+class BondMember:
+    name: str
+    mac_address: str | None  # the member's own (permanent) address
+
+
+@dataclass(frozen=True)
 class Interface:
     name: str
     mac_address: str | None
@@ -28,6 +40,14 @@ class Interface:
     client_id: str | None = None
     biosdevname: str | None = None
     lldp: list[list[Any]] | None = None
+    # Tacet's additions: how the interface is configured, as the kernel reports it.
+    kind: str | None = None  # physical, vlan or bond
+    ip_addresses: list[InterfaceAddress] | None = None  # every address, in kernel order
+    vlan_id: int | None = None
+    vlan_parent: str | None = None  # the interface a VLAN sits on
+    bond_mode: str | None = None
+    bond_members: list[BondMember] | None = None
+    bond_master: str | None = None  # the bond a member belongs to
 
 
 @dataclass(frozen=True)

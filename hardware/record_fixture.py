@@ -44,6 +44,7 @@ NET_FILES = (
     "tun_flags",
     "bonding/mode",
     "bonding/slaves",
+    "bonding_slave/perm_hwaddr",
     "bridge/bridge_id",
 )
 DEVICE_FILES = ("vendor", "device", "subsystem_vendor", "subsystem_device", "class", "uevent")
@@ -146,7 +147,7 @@ class Recorder:
             if device:
                 self.record_device_chain(device)
             for entry in self.list_sys(real):
-                if entry.startswith(("lower_", "upper_")):
+                if entry.startswith(("lower_", "upper_")) or entry == "master":
                     self.copy_link(f"{real}/{entry}")
 
     def record_block(self) -> None:
@@ -189,11 +190,12 @@ class Recorder:
     # -- everything else -----------------------------------------------------------
     def record_proc(self) -> None:
         (self.out / "proc").mkdir(parents=True, exist_ok=True)
-        for name in ("cpuinfo", "meminfo", "cmdline"):
+        for name in ("cpuinfo", "meminfo", "cmdline", "net/vlan/config"):
             try:
                 data = (self.procfs / name).read_bytes()
             except OSError:
                 continue
+            (self.out / "proc" / name).parent.mkdir(parents=True, exist_ok=True)
             (self.out / "proc" / name).write_bytes(data)
 
     def run(self, argv: list[str]) -> str | None:

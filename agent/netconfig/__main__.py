@@ -14,7 +14,7 @@ from pathlib import Path
 
 from agent.config import cmdline_words
 
-from . import boot, cmdline, collect
+from . import boot, cmdline, collect, record
 
 
 def _say(line: str) -> None:
@@ -32,6 +32,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cmdline", type=Path, default=collect.CMDLINE, metavar="FILE")
     parser.add_argument("--by-label", type=Path, default=collect.BY_LABEL, metavar="DIR")
     parser.add_argument("--generator", type=Path, default=cmdline.GENERATOR)
+    parser.add_argument(
+        "--record",
+        type=Path,
+        default=record.RECORD_FILE,
+        metavar="FILE",
+        help="where to leave what was configured, for the agent",
+    )
     args = parser.parse_args(argv)
     collector = collect.Collector(
         bundle_file=args.bundle_file, by_label=args.by_label, cmdline=args.cmdline
@@ -44,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     collector.wait_seconds, problem = boot.config_drive_wait(words)
     if problem:
         _say(problem)
-    return boot.configure(collector, args.network_dir, args.generator, _say)
+    return boot.configure(collector, args.network_dir, args.generator, _say, args.record)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ their names depend on systemd's version (``90-*``, after the DHCP file, in syste
 Input that cannot be used is refused with one line on the console. Then the NICs stay
 unconfigured (``10-tacet-no-network.network``) unless the kernel command line has
 ``tacet.network-fallback=dhcp``, which leaves them to DHCP.
+
+Every outcome is also left in a small record for the agent (record.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 from agent.config import SETTINGS, TACET_PREFIX, cmdline_words
 from wire.network_data import NetworkDataError, parse
 
-from . import cmdline
+from . import cmdline, record
 from .collect import CollectError, Collector
 from .render import NO_NETWORK, NO_NETWORK_FILE, PREFIX, render
 
@@ -78,8 +80,15 @@ def configure(
     network_dir: Path = NETWORK_DIR,
     generator: Path = cmdline.GENERATOR,
     say: Say = print,
+    record_file: Path | None = None,
 ) -> int:
-    """Write the network configuration; 0, or EXIT_REFUSED when input was refused."""
+    """Write the network configuration, and what it configured to ``record_file`` when
+    given; 0, or EXIT_REFUSED when input was refused."""
+
+    def leave(outcome: dict[str, Any]) -> None:
+        if record_file is not None:
+            record.write(outcome, record_file)
+
     words = cmdline_words(collector.cmdline())
     fallback, problem = _setting(words, "network-fallback")
     if problem:
@@ -88,9 +97,10 @@ def configure(
     network_dir.mkdir(parents=True, exist_ok=True)
     _clear(network_dir, say)
     try:
-        files = _choose(collector, words, generator, say)
+        source, files = _choose(collector, words, generator, say)
     except Refused as exc:
         say(f"refused: {exc}")
+        leave(record.unconfigured("refused"))
         if fallback == "dhcp":
             say(f"falling back to DHCP on every NIC ({FALLBACK_KEY}=dhcp)")
             return EXIT_REFUSED
@@ -102,15 +112,18 @@ def configure(
         return EXIT_REFUSED
     if files is None:
         say("no network_data.json and no ip=/vlan=/bond= parameters: DHCP on every NIC")
+        leave(record.unconfigured("dhcp"))
         return 0
     _write(network_dir, files)
+    leave(record.from_networkd(files, source))
     say(f"wrote {', '.join(sorted(files))} to {network_dir}")
     return 0
 
 
 def _choose(
     collector: Collector, words: list[str], generator: Path, say: Say
-) -> dict[str, str] | None:
+) -> tuple[str, dict[str, str] | None]:
+    """The record's name for the source that won, and its networkd files (None: DHCP)."""
     try:
         found = collector.network_data()
     except CollectError as exc:
@@ -129,7 +142,7 @@ def _choose(
         )
         if parameters:
             say(f"ignored (network_data.json takes precedence): {' '.join(parameters)}")
-        return render(data)
+        return "network_data", render(data)
     if parameters:
         try:
             options = cmdline.bond_options(parameters)
@@ -137,12 +150,12 @@ def _choose(
         except cmdline.CmdlineError as exc:
             raise Refused(f"kernel command line: {exc}") from None
         say(f"network from the kernel command line: {' '.join(parameters)}")
-        return {
+        return "cmdline", {
             CMDLINE_PREFIX + name: text
             for name, text in cmdline.add_bond_options(generated, options).items()
             if name.endswith((".network", ".netdev"))
         }
-    return None
+    return "dhcp", None
 
 
 def _clear(network_dir: Path, say: Say) -> None:

@@ -58,3 +58,20 @@ def test_allow_loop_devices_names_only_loop_devices(tmp_path, value):
     args = parser().parse_args(["--cmdline-file", str(tmp_path / "cmdline")])
     with pytest.raises(ConfigError, match="must be true/false or loop device names"):
         load(args, tmp_path / "etc")
+
+
+def test_a_listen_host_refused_at_start_is_a_configuration_error(tmp_path, monkeypatch, capsys):
+    import agent.daemon
+
+    async def serve(config, power=None, network_wait=0.0):
+        raise ConfigError("listen-host=203.0.113.5 (default): not an address of this host")
+
+    monkeypatch.setattr(agent.daemon, "serve", serve)
+    monkeypatch.setattr(agent.daemon, "configure_logging", lambda debug: None)
+    (tmp_path / "cmdline").write_text("quiet\n")
+    code = main(["--cmdline-file", str(tmp_path / "cmdline"), "--config-dir", str(tmp_path)])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "tacet-agent: configuration error: listen-host=203.0.113.5 (default):"
+        " not an address of this host\n"
+    )

@@ -2,7 +2,18 @@ import json
 
 import pytest
 
-from hardware.net import InterfaceCollector, choose_ipv6, parse_ip_json, parse_speed
+from hardware.model import BondMember, InterfaceAddress
+from hardware.net import (
+    Addresses,
+    InterfaceCollector,
+    Vlan,
+    choose_ipv6,
+    parse_bond_mode,
+    parse_ip_json,
+    parse_speed,
+    parse_vlan_config,
+    prefix_of,
+)
 from hardware.sources import RecordedEthtool
 from tests.conftest import Link
 
@@ -174,3 +185,140 @@ def test_choose_ipv6():
 def test_parse_ip_json_tolerates_garbage():
     assert parse_ip_json("not json") == {}
     assert parse_ip_json('[{"addr_info": []}]') == {}
+
+
+# -- how interfaces are tied together: bonds, members, VLANs ------------------------------
+
+BOND = "devices/virtual/net/bond0"
+VLAN_CONFIG = (
+    "VLAN Dev name\t | VLAN ID\n"
+    "Name-Type: VLAN_NAME_TYPE_RAW_PLUS_VID_NO_PAD\n"
+    "bond0.100      | 100  | bond0\n"
+)
+
+
+@pytest.fixture
+def bonded(tree):
+    """eno1 and eno2 in bond0 (eno2 without ethtool data), a VLAN bond0.100 on top."""
+    spec = {}
+    for index, name in ((2, "eno1"), (3, "eno2")):
+        pci = f"devices/pci0000:00/0000:00:0{index}.0"
+        spec |= nic(
+            pci,
+            name,
+            address="aa:bb:cc:00:00:09\n",  # the bond's, as in active-backup
+            ifindex=f"{index}\n",
+            **{"bonding_slave/perm_hwaddr": f"aa:bb:cc:00:00:0{index}\n"},
+        )
+        spec[f"{pci}/net/{name}/device"] = Link(f"../../../0000:00:0{index}.0")
+    spec["devices/pci0000:00/0000:00:02.0/net/eno1/master"] = Link("../../../../virtual/net/bond0")
+    spec |= nic(
+        "devices/virtual",
+        "bond0",
+        address="aa:bb:cc:00:00:09\n",
+        ifindex="4\n",
+        uevent="DEVTYPE=bond\n",
+        **{"bonding/mode": "802.3ad 4\n", "bonding/slaves": "eno1 eno2\n"},
+    )
+    spec |= nic(
+        "devices/virtual",
+        "bond0.100",
+        address="aa:bb:cc:00:00:09\n",
+        ifindex="5\n",
+        iflink="4\n",
+        uevent="DEVTYPE=vlan\nINTERFACE=bond0.100\n",
+    )
+    return tree(spec)
+
+
+def collect_bonded(root, procfs=None):
+    ethtool = RecordedEthtool({"eno1": {"permaddr": "aa:bb:cc:00:00:ff", "driver": "e1000e"}})
+    addresses = {
+        "bond0.100": Addresses(
+            ("192.0.2.10",), ("2001:db8::10",), (("192.0.2.10", 24), ("2001:db8::10", None))
+        ),
+        "bond0": Addresses(),
+    }
+    found = InterfaceCollector(root, lambda: addresses, ethtool, procfs=procfs).collect()
+    return {i.name: i for i in found}
+
+
+def test_a_bond_its_members_and_a_vlan_on_it(bonded, tmp_path):
+    procfs = tmp_path / "proc"
+    (procfs / "net/vlan").mkdir(parents=True)
+    (procfs / "net/vlan/config").write_text(VLAN_CONFIG)
+    found = collect_bonded(bonded, procfs)
+    bond = found["bond0"]
+    assert (bond.kind, bond.bond_mode) == ("bond", "802.3ad")
+    assert bond.bond_members == [
+        BondMember("eno1", "aa:bb:cc:00:00:ff"),  # ethtool's permanent address first
+        BondMember("eno2", "aa:bb:cc:00:00:03"),  # else the bonding driver's record of it
+    ]
+    assert found["eno2"].mac_address == "aa:bb:cc:00:00:03"
+    assert found["eno1"].bond_master == found["eno2"].bond_master == "bond0"
+    assert (found["eno1"].kind, found["eno1"].vlan_id, found["eno1"].bond_mode) == (
+        "physical",
+        None,
+        None,
+    )
+    vlan = found["bond0.100"]
+    assert (vlan.kind, vlan.vlan_id, vlan.vlan_parent, vlan.bond_master) == (
+        "vlan",
+        100,
+        "bond0",
+        None,
+    )
+    assert vlan.ip_addresses == [
+        InterfaceAddress("192.0.2.10", 24),
+        InterfaceAddress("2001:db8::10", None),  # the source gave no prefix: not invented
+    ]
+    assert bond.ip_addresses == []  # known to have none
+    assert found["eno1"].ip_addresses is None  # the address source did not list it
+
+
+def test_without_proc_net_vlan_the_id_is_unknown_and_the_parent_comes_from_iflink(bonded):
+    vlan = collect_bonded(bonded)["bond0.100"]
+    assert (vlan.vlan_id, vlan.vlan_parent) == (None, "bond0")
+
+
+def test_a_bond_whose_slaves_cannot_be_read(tree):
+    root = tree(nic("devices/virtual", "bond1", uevent="DEVTYPE=bond\n"))
+    bond = InterfaceCollector(root, dict, RecordedEthtool({})).collect()[0]
+    assert (bond.kind, bond.bond_mode, bond.bond_members) == ("bond", None, None)
+
+
+def test_parse_vlan_config():
+    assert parse_vlan_config(VLAN_CONFIG + "eth0.7         | 7  | eth0\n") == {
+        "bond0.100": Vlan(100, "bond0"),
+        "eth0.7": Vlan(7, "eth0"),
+    }
+    assert parse_vlan_config(None) == {} and parse_vlan_config("garbage | x | y") == {}
+
+
+def test_parse_bond_mode():
+    assert parse_bond_mode("active-backup 1\n") == "active-backup"
+    assert parse_bond_mode("") is None and parse_bond_mode(None) is None
+
+
+@pytest.mark.parametrize(
+    ("netmask", "prefix"),
+    [
+        ("255.255.255.0", 24),
+        ("255.255.254.0", 23),
+        ("ffff:ffff:ffff:ffff::/64", 64),
+        ("ffff:ffff:ffff:ff00::", 56),
+        ("255.0.255.0", None),
+        ("", None),
+        (None, None),
+        ("bogus", None),
+    ],
+)
+def test_prefix_of_a_netifaces_netmask(netmask, prefix):
+    assert prefix_of(netmask) == prefix
+
+
+def test_ip_json_keeps_prefixes():
+    text = IP_JSON.replace('"local": "192.0.2.10"', '"local": "192.0.2.10", "prefixlen": 26')
+    parsed = parse_ip_json(text)
+    assert parsed["eno1"].with_prefix[0] == ("192.0.2.10", 26)
+    assert parsed["eno1"].with_prefix[1] == ("fe80::a8bb:ccff:fe00:1", None)

@@ -117,3 +117,51 @@ def test_host_json_is_written(tmp_path):
     Recorder(tmp_path / "fx", machine / "sys", machine / "proc").record()
     host = json.loads((tmp_path / "fx" / "host.json").read_text())
     assert {"hostname", "machine", "cpu_count", "ipmi_devices"} <= set(host)
+
+
+def bonded_machine(root):
+    """Two NICs in bond0 and a VLAN bond0.100 on it, as sysfs and /proc show them."""
+    spec: dict = {"sys/class/net/bond0": Link("../../devices/virtual/net/bond0")}
+    for slot, name in (("0000:00:08.0", "enp9s0"), ("0000:00:09.0", "enp9s1")):
+        base = f"devices/pci0000:00/{slot}/net/{name}"
+        spec |= {
+            f"sys/class/net/{name}": Link(f"../../{base}"),
+            f"sys/{base}/address": "02:00:00:00:00:09\n",
+            f"sys/{base}/type": "1\n",
+            f"sys/{base}/device": Link(f"../../../{slot}"),
+            f"sys/{base}/master": Link("../../../../virtual/net/bond0"),
+            f"sys/{base}/bonding_slave/perm_hwaddr": f"02:00:00:00:00:{slot[-3]}{slot[-3]}\n",
+        }
+    spec |= {
+        "sys/devices/virtual/net/bond0/type": "1\n",
+        "sys/devices/virtual/net/bond0/uevent": "DEVTYPE=bond\nINTERFACE=bond0\n",
+        "sys/devices/virtual/net/bond0/ifindex": "4\n",
+        "sys/devices/virtual/net/bond0/bonding/mode": "balance-alb 6\n",
+        "sys/devices/virtual/net/bond0/bonding/slaves": "enp9s0 enp9s1\n",
+        "sys/class/net/bond0.100": Link("../../devices/virtual/net/bond0.100"),
+        "sys/devices/virtual/net/bond0.100/type": "1\n",
+        "sys/devices/virtual/net/bond0.100/uevent": "DEVTYPE=vlan\nINTERFACE=bond0.100\n",
+        "sys/devices/virtual/net/bond0.100/iflink": "4\n",
+        "proc/net/vlan/config": "VLAN Dev name\t | VLAN ID\n"
+        "Name-Type: VLAN_NAME_TYPE_RAW_PLUS_VID_NO_PAD\n"
+        "bond0.100      | 100  | bond0\n",
+    }
+    return build_tree(root, spec)
+
+
+def test_bonds_and_vlans_are_recorded(tmp_path):
+    machine = bonded_machine(tmp_path / "machine")
+    out = tmp_path / "fixture"
+    Recorder(out, machine / "sys", machine / "proc").record()
+    member = out / "sys/devices/pci0000:00/0000:00:08.0/net/enp9s0"
+    assert (member / "master").is_symlink()
+    assert (member / "bonding_slave/perm_hwaddr").read_text() == "02:00:00:00:00:88\n"
+    assert (out / "proc/net/vlan/config").exists()
+    found = {i.name: i for i in collect_inventory(fixture_sources(out)).interfaces}
+    assert found["bond0"].bond_mode == "balance-alb"
+    assert [(m.name, m.mac_address) for m in found["bond0"].bond_members] == [
+        ("enp9s0", "02:00:00:00:00:88"),
+        ("enp9s1", "02:00:00:00:00:99"),
+    ]
+    assert found["enp9s1"].bond_master == "bond0"
+    assert (found["bond0.100"].vlan_id, found["bond0.100"].vlan_parent) == (100, "bond0")

@@ -4,11 +4,13 @@ what the console is told, and what happens to input that cannot be used."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +35,7 @@ class Tree:
         self.by_label = root / "dev/disk/by-label"
         self.cmdline = root / "proc/cmdline"
         self.network_dir = root / "run/systemd/network"
+        self.record = root / "run/tacet/network.json"
         self.drive = root / "drive"  # what the config drive holds
         self.device = root / "dev/sr0"
         self.mounted: list[Path] = []
@@ -61,7 +64,15 @@ class Tree:
         return Collector(**arguments)  # type: ignore[arg-type]
 
     def run(self, **overrides: object) -> int:
-        return configure(self.collector(**overrides), self.network_dir, say=self.lines.append)
+        return configure(
+            self.collector(**overrides),
+            self.network_dir,
+            say=self.lines.append,
+            record_file=self.record,
+        )
+
+    def recorded(self) -> dict[str, Any]:
+        return json.loads(self.record.read_text())
 
     def written(self) -> dict[str, str]:
         if not self.network_dir.is_dir():
@@ -91,6 +102,7 @@ def test_nothing_configured_leaves_dhcp(tree: Tree):
     assert tree.lines == [
         "no network_data.json and no ip=/vlan=/bond= parameters: DHCP on every NIC"
     ]
+    assert tree.recorded() == {"version": 1, "source": "dhcp", "interfaces": []}
 
 
 def test_the_bundles_file_wins_over_drive_and_command_line(tree: Tree):
@@ -102,6 +114,8 @@ def test_the_bundles_file_wins_over_drive_and_command_line(tree: Tree):
     assert tree.run() == 0
     assert tree.written() == expected("ironic-static-ipv4")
     assert tree.mounted == []
+    assert tree.recorded()["source"] == "network_data"
+    assert tree.recorded()["interfaces"][0]["addresses"] == ["192.168.122.42/24"]
     assert tree.lines[0] == (
         f"network from network_data.json in the node bundle ({tree.bundle}): 1 links, 1 networks"
     )
@@ -189,6 +203,9 @@ def test_a_drive_without_network_data_falls_through_to_the_command_line(tree: Tr
     written = tree.written()
     assert list(written) == ["20-tacet-cmdline-90-eth0.network"]
     assert "Address=192.0.2.10/24" in written["20-tacet-cmdline-90-eth0.network"]
+    assert tree.recorded()["source"] == "cmdline"
+    assert tree.recorded()["interfaces"][0]["name"] == "eth0"
+    assert tree.recorded()["interfaces"][0]["addresses"] == ["192.0.2.10/24"]
 
 
 def test_command_line_files_sort_before_the_dhcp_file_and_replace_the_generators(tree: Tree):
@@ -234,6 +251,17 @@ def test_a_second_run_replaces_the_first(tree: Tree):
     shutil.copy(STATIC, tree.bundle)
     assert tree.run() == 0
     assert tree.written() == expected("ironic-static-ipv4")
+    assert [i["addresses"] for i in tree.recorded()["interfaces"]] == [["192.168.122.42/24"]]
+
+
+def test_refused_input_replaces_an_earlier_record(tree: Tree):
+    """The agent must not wait for, or advertise, addresses of an earlier run."""
+    tree.bundle.parent.mkdir(parents=True)
+    shutil.copy(STATIC, tree.bundle)
+    assert tree.run() == 0
+    shutil.copy(FIXTURES / "malformed" / "truncated.json", tree.bundle)
+    assert tree.run() == EXIT_REFUSED
+    assert tree.recorded() == {"version": 1, "source": "refused", "interfaces": []}
 
 
 def test_malformed_network_data_leaves_the_nics_down_and_says_why(tree: Tree):
@@ -311,9 +339,12 @@ def test_the_command(tree: Tree, capsys: pytest.CaptureFixture[str]):
             str(tree.cmdline),
             "--by-label",
             str(tree.by_label),
+            "--record",
+            str(tree.record),
         ]
     )
     assert code == 0
+    assert tree.recorded()["interfaces"][0]["mac"] == "52:54:00:d3:6a:71"
     out = capsys.readouterr().out.splitlines()
     assert (
         out[0] == "tacet-network: tacet.config-drive-wait=soon: must be a number of seconds"
