@@ -156,6 +156,9 @@ async def wait_for_network(
 def listen_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
     """The one listening socket: dual-stack ``::`` by default, IPv4 when IPv6 is absent."""
     candidates: list[tuple[socket.AddressFamily, str]] = []
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):  # [::1], as in a URL: the address
+        host = host[1:-1]
     if host in ("::", ""):
         candidates = [(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")]
     else:

@@ -47,7 +47,9 @@ EXIT_CODES = """exit status:
   6  the agent's answer is outside the protocol
   130 interrupted (Ctrl-C)"""
 
-CONNECTION_HELP = """connection: HOST[:PORT] (default port 9999). Verify the agent one way:
+CONNECTION_HELP = """connection: HOST[:PORT], [IPV6][:PORT] or a bare IPV6 (default port 9999;
+a port after an IPv6 address needs the brackets; a link-local one takes its zone:
+[fe80::5%eth0]). Verify the agent one way:
   --pki DIR                  what tacet pki made in DIR: its CA, the conductor's client
                              certificate and, for commands that need one, the token of the
                              node whose certificate names HOST (default: $TACET_PKI)

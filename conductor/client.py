@@ -15,15 +15,17 @@ import base64
 import contextvars
 import hashlib
 import hmac
+import ipaddress
 import json
 import random
+import re
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from wire import __version__
 from wire.binding import binding_hmac
@@ -205,26 +207,64 @@ CLIENT_CERTIFICATE_ALERTS = frozenset(
 
 
 # -- addresses and trust -----------------------------------------------------------------
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_ZONE = re.compile(r"[\w.-]{1,15}", re.ASCII)  # Linux interface names (IFNAMSIZ), indexes
+
+
 def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """``HOST``, ``HOST:PORT``, ``[V6]:PORT`` or a bare IPv6 address."""
+    """``HOST``, ``HOST:PORT``, ``[IPV6]``, ``[IPV6]:PORT`` or a bare IPv6 address (which
+    then has the default port: a port after an IPv6 address needs the brackets, as in a
+    URL). An IPv6 address comes back in its compressed form, its zone (``%eth0``) kept."""
     text = text.strip()
-    port: str | None = None
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ValueError(f"{text!r}: expected [ADDRESS]:PORT")
-        port = rest[1:] or None
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    else:
-        host = text
+    try:
+        bare: IPAddress | None = ipaddress.ip_address(text)
+    except ValueError:
+        bare = None
+    if bare is not None:
+        return _checked_zone(str(bare)), default_port
+    expected = f"{text!r}: expected HOST, HOST:PORT, [IPV6] or [IPV6]:PORT"
+    try:
+        parts = urlsplit(f"//{text}")
+        host = parts.hostname
+    except ValueError as exc:  # unbalanced brackets, not an IPv6 address in them
+        raise ValueError(f"{expected} ({str(exc).lower()})") from None
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{text!r}: port must be 1-65535") from None
     if not host:
         raise ValueError(f"{text!r}: no host")
+    shown = f"[{host}]" if text.startswith("[") else host
+    rebuilt = shown if port is None else f"{shown}:{port}"
+    if rebuilt.lower() != text.lower():
+        raise ValueError(expected)  # a path, a user, an empty port, text after "]"
+    if text.startswith("["):
+        host = _checked_zone(str(ipaddress.IPv6Address(text[1 : text.index("]")])))
     if port is None:
         return host, default_port
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not 1 <= port <= 65535:
         raise ValueError(f"{text!r}: port must be 1-65535")
-    return host, int(port)
+    return host, port
+
+
+def _checked_zone(host: str) -> str:
+    """``host``, refused when its IPv6 zone is not an interface name or index."""
+    zone = host.partition("%")[2]
+    if "%" in host and not _ZONE.fullmatch(zone):
+        raise ValueError(f"{host!r}: the zone after % must be an interface name or index")
+    return host
+
+
+def host_without_zone(host: str) -> str:
+    """``host`` without an IPv6 zone (``fe80::1%eth0`` -> ``fe80::1``): what the agent's
+    certificate can name, and what goes in the Host header (the zone means something only
+    on this machine, RFC 6874)."""
+    return host.partition("%")[0] if ":" in host else host
+
+
+def bracketed(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (RFC 3986)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_pin(text: str) -> str:
@@ -456,10 +496,13 @@ class AgentClient:
     def __init__(
         self, address: str, options: Options | None = None, pool: Pool | None = None
     ) -> None:
-        self.host, self.port = parse_address(address)
-        shown = f"[{self.host}]" if ":" in self.host else self.host
-        self.address = f"{shown}:{self.port}"
-        self.base = f"https://{self.address}"
+        self.host, self.port = parse_address(address)  # what we connect to, zone and all
+        self.address = bracketed(self.host, self.port)  # as shown and as the pool knows it
+        # What the certificate must name: Python's ssl matches an IP address against the
+        # IP SANs and sends no SNI for it (RFC 6066), but only without a zone.
+        self.server_hostname = host_without_zone(self.host)
+        self.host_header = bracketed(self.server_hostname, self.port)  # RFC 7230, RFC 6874
+        self.base = f"https://{self.address.replace('%', '%25')}"
         self.options = options or Options()
         self.mode = self.options.trust.mode(self.options.token)  # fails early on bad trust
         self._own_pool = pool is None
@@ -551,7 +594,9 @@ class AgentClient:
 
         async def attempt() -> bytes:
             _reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, ssl=context),
+                asyncio.open_connection(
+                    self.host, self.port, ssl=context, server_hostname=self.server_hostname
+                ),
                 self.options.connect_timeout,
             )
             try:
@@ -702,7 +747,7 @@ class AgentClient:
         """The request's header fields and body (h11 checks them again when it sends)."""
         if not path.startswith("/") or not path.isascii() or not path.isprintable() or " " in path:
             raise ValueError(f"not a request path: {path!r}")
-        headers = [("Host", self.address), ("User-Agent", self.options.user_agent)]
+        headers = [("Host", self.host_header), ("User-Agent", self.options.user_agent)]
         if token and self.options.token:
             headers.append(("Authorization", f"Bearer {self.options.token}"))
         if not self.keep_alive:
@@ -736,7 +781,11 @@ class AgentClient:
                 connection = pool.take(key, loop.time()) if self.keep_alive else None
                 if connection is None:
                     connection = await pool.connect(
-                        context, self.host, self.port, self.options.connect_timeout
+                        context,
+                        self.host,
+                        self.port,
+                        self.options.connect_timeout,
+                        server_hostname=self.server_hostname,
                     )
                 response = await connection.exchange(reader)
             if self.keep_alive and response.keep_alive:

@@ -39,6 +39,7 @@ from .client import (
     Pool,
     Trust,
     Unreachable,
+    bracketed,
     describe,
     macs,
     parse_address,
@@ -378,7 +379,7 @@ SETTING_KEYS: dict[str, Key] = {
 }
 NODE_KEYS: dict[str, Key] = {
     "name": Key(_text, "the node's name (required, unique)"),
-    "address": Key(_text, "HOST or HOST:PORT (required)"),
+    "address": Key(_text, "HOST, HOST:PORT, [IPV6] or [IPV6]:PORT (required)"),
     "port": Key(_port, "the port when the address has none (default 9999)"),
     "token": Key(_token, "the agent token (prefer token_file)"),
     "token_file": Key(_token_file, "file with the agent token"),
@@ -432,7 +433,7 @@ def _node(own: dict[str, Any], defaults: dict[str, Any], reading: _Reading, wher
     if name is None:
         raise fail("name", "every node needs a name")
     if "address" not in values:
-        raise fail("address", "is required (HOST or HOST:PORT)")
+        raise fail("address", "is required (HOST, HOST:PORT, [IPV6] or [IPV6]:PORT)")
     try:
         host, port = agent_address(values["address"], values.get("port", 9999))
     except ValueError as exc:
@@ -461,10 +462,9 @@ def _node(own: dict[str, Any], defaults: dict[str, Any], reading: _Reading, wher
         raise fail("cafile", str(exc)) from None
     if claim and token:
         raise fail("claim", "claim makes a fresh token; do not also give one")
-    shown = f"[{host}]" if ":" in host else host
     return NodeSpec(
         name=name,
-        address=f"{shown}:{port}",
+        address=bracketed(host, port),
         trust=trust,
         token=token,
         claim=claim,

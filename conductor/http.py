@@ -267,15 +267,23 @@ class Connection(asyncio.BufferedProtocol):
     """
 
     def __init__(
-        self, pool: Pool, key: tuple[Any, ...], context: ssl.SSLContext, server_hostname: str
+        self,
+        pool: Pool,
+        key: tuple[Any, ...],
+        context: ssl.SSLContext,
+        server_hostname: str,
+        session_name: str | None = None,
     ) -> None:
         self.pool = pool
         self.key = key
         self.server_hostname = server_hostname
+        # Sessions are remembered per host we connect to: two agents at fe80::1%eth0 and
+        # fe80::1%eth1 share a server_hostname, not a session.
+        self.session_name = session_name or server_hostname
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self.resuming = context if isinstance(context, ResumingContext) else None
-        session = self.resuming.session_for(server_hostname) if self.resuming else None
+        session = self.resuming.session_for(self.session_name) if self.resuming else None
         try:
             self.tls = context.wrap_bio(
                 self._incoming, self._outgoing, server_hostname=server_hostname, session=session
@@ -351,7 +359,7 @@ class Connection(asyncio.BufferedProtocol):
         self._flush()
         self.version = self.tls.version()  # once the stream has failed, OpenSSL says None
         if self.resuming is not None:
-            self.resuming.handshake_done(self.server_hostname, self.tls)
+            self.resuming.handshake_done(self.session_name, self.tls)
         self.ready.set_result(None)
         self._read()  # records that came with the end of the handshake
 
@@ -380,7 +388,7 @@ class Connection(asyncio.BufferedProtocol):
         if not self.answered:
             self.answered = True
             if self.resuming is not None:  # TLS 1.3 tickets come before any answer
-                self.resuming.remember(self.server_hostname, self.tls)
+                self.resuming.remember(self.session_name, self.tls)
         reader, waiter = self.reader, self.waiter
         if reader is None or waiter is None or waiter.done():
             self.close()  # nothing was asked: the connection is out of step
@@ -523,9 +531,17 @@ class Pool:
         return self._contexts[key]
 
     async def connect(
-        self, context: ssl.SSLContext, host: str, port: int, timeout: float
+        self,
+        context: ssl.SSLContext,
+        host: str,
+        port: int,
+        timeout: float,
+        server_hostname: str | None = None,
     ) -> Connection:
-        """A new connection with its handshake done. NotSent when nothing could be sent
+        """A new connection with its handshake done; the certificate is checked against
+        ``server_hostname`` (default ``host``; an IPv6 zone cannot be in a certificate and
+        must not be sent as SNI, see ``conductor.client.host_without_zone``).
+        NotSent when nothing could be sent
         (no TCP connection, or it ended mid-handshake); the handshake's ``ssl.SSLError``
         when TLS refused (the agent's certificate, or an alert from the agent)."""
         loop = asyncio.get_running_loop()
@@ -533,7 +549,9 @@ class Pool:
         try:
             async with asyncio.timeout(timeout):
                 _transport, connection = await loop.create_connection(
-                    lambda: Connection(self, key, context, host), host, port
+                    lambda: Connection(self, key, context, server_hostname or host, host),
+                    host,
+                    port,
                 )
         except (OSError, TimeoutError) as exc:
             raise NotSent(str(exc) or type(exc).__name__) from exc

@@ -552,7 +552,8 @@ def node_token_file(directory: Path | str, host: str) -> Path | None:
     DNS name), or None; two nodes naming the same host is an error (which one is it?)."""
     nodes = Path(directory) / NODES
     try:
-        address: IPAddress | None = ipaddress.ip_address(host.strip("[]"))
+        # A certificate names an address without its zone (fe80::1%eth0 is fe80::1 there).
+        address: IPAddress | None = ipaddress.ip_address(host.strip("[]").partition("%")[0])
     except ValueError:
         address = None
     found = []

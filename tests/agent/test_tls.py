@@ -564,3 +564,40 @@ def test_lazy_system_trust_needs_a_hashed_directory(tmp_path: Path) -> None:
     with lazy_system_trust(environ) as applied:
         pass
     assert applied is False
+
+
+# -- local_addresses -----------------------------------------------------------------------
+def test_local_addresses_take_ipv6_and_leave_link_local_out(monkeypatch) -> None:
+    """IPv6 addresses go into the generated certificate's IP SANs; a link-local one
+    (netifaces shows it with its zone) does not: it names no one machine."""
+    import netifaces
+
+    from agent.tls import local_addresses
+
+    table = {
+        "lo": {netifaces.AF_INET: [{"addr": "127.0.0.1"}], netifaces.AF_INET6: [{"addr": "::1"}]},
+        "eth0": {
+            netifaces.AF_INET6: [
+                {"addr": "2001:db8::10"},
+                {"addr": "fd00::10"},
+                {"addr": "fe80::10%eth0"},
+                {"addr": "not-an-address"},
+            ],
+        },
+    }
+    monkeypatch.setattr(netifaces, "interfaces", lambda: list(table))
+    monkeypatch.setattr(netifaces, "ifaddresses", lambda name: table[name])
+    assert local_addresses() == {
+        ipaddress.ip_address(a) for a in ("127.0.0.1", "::1", "2001:db8::10", "fd00::10")
+    }
+
+
+def test_listen_socket_takes_an_ipv6_address_with_or_without_brackets() -> None:
+    from agent.daemon import listen_socket
+
+    for host in ("::1", "[::1]", f"::1%{socket.if_nametoindex('lo')}"):
+        sock = listen_socket(host, 0)
+        try:
+            assert sock.family == socket.AF_INET6 and sock.getsockname()[0] == "::1"
+        finally:
+            sock.close()
