@@ -72,7 +72,8 @@ DISK_FORMATS = ("raw", "qcow2")
 
 
 def agent_address(text: str, default_port: int = 9999) -> tuple[str, int]:
-    """``HOST[:PORT]`` checked before any connection: an IP address or a DNS name."""
+    """``HOST[:PORT]`` or ``[IPV6][:PORT]`` checked before any connection: an IP address
+    (an IPv6 one possibly with a zone) or a DNS name."""
     host, port = parse_address(text, default_port)
     try:
         ipaddress.ip_address(host)
