@@ -125,12 +125,22 @@ def malloc_report(pids: list[int], console: Path) -> float:
     with console.open("rb") as handle:
         handle.seek(before)
         report = handle.read().decode(errors="replace")
-    # glibc's "Arena N:" blocks: system bytes (held from the kernel) and in-use bytes
-    held = [int(x.split("=")[1]) for x in report.splitlines() if x.startswith("system bytes")]
-    used = [int(x.split("=")[1]) for x in report.splitlines() if x.startswith("in use bytes")]
+    # glibc's "Arena N:" blocks (system bytes: held from the kernel; in use), one
+    # "Total (incl. mmap):" block per process, which is not added again here
+    arenas = held = used = 0
+    in_arena = False
+    for line in report.splitlines():
+        if line.startswith("Arena "):
+            arenas, in_arena = arenas + 1, True
+        elif line.startswith("Total"):
+            in_arena = False
+        elif in_arena and line.startswith("system bytes"):
+            held += int(line.split("=")[1])
+        elif in_arena and line.startswith("in use bytes"):
+            used += int(line.split("=")[1])
     print(
-        f"bench: glibc arenas {len(held) - 1}, held {sum(held[:-1]) / MIB:.1f} MiB, "
-        f"in use {sum(used[:-1]) / MIB:.1f} MiB (before the trim)",
+        f"bench: {len(pids)} ironic processes, glibc heaps {arenas}, held {held / MIB:.1f} MiB, "
+        f"in use {used / MIB:.1f} MiB (before the trim)",
         flush=True,
     )
     return rss_of(pids)
