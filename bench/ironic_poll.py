@@ -263,7 +263,7 @@ def run_size(
     overrides["api"]["ramdisk_heartbeat_timeout"] = "300"  # ironic's default, not the tests' 30
     ironic = IronicService(locate_ironic(), workdir / f"ironic-{n}", overrides=overrides)
     agents: list[subprocess.Popen[str]] = []
-    with BackgroundApp(stalling_app()) as images:
+    with BackgroundApp(stalling_app(trickle=20.0)) as images:
         try:
             ironic.write_config()
             ironic.create_schema()

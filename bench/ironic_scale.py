@@ -33,6 +33,7 @@ import argparse
 import collections
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -40,6 +41,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# The held downloads send a KiB this often: at 5,000 nodes the first contacts take longer
+# than the agent's read timeout and its retries, which would fail the earliest deploys.
+TRICKLE = 20.0
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -132,7 +136,7 @@ def run(n: int, counts: list[int], interval: int, rounds: int, workers: int, wor
     each count in turn, conductors joining or leaving the running site in between."""
     site = workdir / f"site-{n}"
     cluster = IronicCluster(locate_ironic(), site, [""] * counts[0], overrides(interval, n))
-    with BackgroundApp(stalling_app()) as images:
+    with BackgroundApp(stalling_app(trickle=TRICKLE)) as images:
         fleet: PassiveFleet | None = None
         try:
             began = time.monotonic()
@@ -209,6 +213,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="agent processes")
     args = parser.parse_args()
     raise_open_files()
+    # SIGTERM (and a closed terminal) end the bench like Ctrl-C: through the ``finally``
+    # blocks that stop the agents, the conductors and PostgreSQL.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGHUP, lambda signum, _frame: sys.exit(128 + signum))
     workdir = Path(tempfile.mkdtemp(prefix="tacet-ironic-scale-"))
     print(f"poll interval {args.interval} s; CPU over {args.rounds} intervals after first contact")
     print(

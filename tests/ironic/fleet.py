@@ -71,12 +71,18 @@ IMAGE_BYTES = 64 * MIB
 IMAGE_SHA256 = hashlib.sha256(bytes(IMAGE_BYTES)).hexdigest()  # the image: zeros
 
 
-def stalling_app(release: threading.Event | None = None) -> Any:
+def stalling_app(release: threading.Event | None = None, trickle: float | None = None) -> Any:
     """Answers a deploy kernel and ramdisk nobody boots, and images (``IMAGE_BYTES`` of
-    zeros) it starts to send and finishes only once ``release`` is set, if ever."""
+    zeros) it starts to send and finishes only once ``release`` is set, if ever.
+
+    ``trickle``: while held, one more KiB every this many seconds, so that a download
+    held for longer than the agent's read timeout (60 s, retried a few times) is not
+    given up: a bench's steady state of thousands of nodes lasts longer than that.
+    """
     from aiohttp import web
 
     chunk = bytes(64 * 1024)
+    drop = bytes(1024)
 
     async def serve_file(request: web.Request) -> web.StreamResponse:
         if request.match_info["name"] in ("deploy.kernel", "deploy.initramfs"):
@@ -86,10 +92,17 @@ def stalling_app(release: threading.Event | None = None) -> Any:
         answer = web.StreamResponse(headers={"Content-Length": str(IMAGE_BYTES)})
         await answer.prepare(request)
         await answer.write(chunk)
+        sent, last = len(chunk), time.monotonic()
         while release is None or not release.is_set():
             await asyncio.sleep(0.5)
-        for _ in range(IMAGE_BYTES // len(chunk) - 1):
-            await answer.write(chunk)
+            due = trickle is not None and time.monotonic() - last >= trickle
+            if due and sent + len(drop) < IMAGE_BYTES:  # a trickle never finishes it
+                await answer.write(drop)
+                sent, last = sent + len(drop), time.monotonic()
+        while sent < IMAGE_BYTES:
+            piece = chunk[: IMAGE_BYTES - sent]
+            await answer.write(piece)
+            sent += len(piece)
         return answer
 
     app = web.Application()
