@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.config import cmdline_words
+from agent.config import DEFAULT_STATE_DIR, cmdline_words
 
 from . import boot, cmdline, collect, record
 
@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--record",
         type=Path,
-        default=record.RECORD_FILE,
+        default=record.record_file(DEFAULT_STATE_DIR),
         metavar="FILE",
         help="where to leave what was configured, for the agent",
     )

@@ -21,11 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.config import DEFAULT_STATE_DIR
 from wire.files import write_private
 
 RECORD_NAME = "network.json"
-RECORD_FILE = DEFAULT_STATE_DIR / RECORD_NAME
 VERSION = 1
 MAX_BYTES = 256 * 1024
 SOURCES = ("network_data", "cmdline", "dhcp", "refused")
@@ -66,7 +64,8 @@ def _values(parsed: list[Section], section: str, key: str) -> list[str]:
     return [v for name, pairs in parsed if name == section for k, v in pairs if k == key]
 
 
-def _first(parsed: list[Section], section: str, key: str) -> str | None:
+def _last(parsed: list[Section], section: str, key: str) -> str | None:
+    """The value that counts when a key repeats (systemd: the last one wins)."""
     values = _values(parsed, section, key)
     return values[-1] if values else None
 
@@ -86,7 +85,7 @@ def from_networkd(files: Mapping[str, str], source: str) -> dict[str, Any]:
     for name, text in files.items():
         if name.endswith(".netdev"):
             parsed = sections(text)
-            device = _first(parsed, "NetDev", "Name")
+            device = _last(parsed, "NetDev", "Name")
             if device:
                 netdevs[device] = parsed
     interfaces: list[dict[str, Any]] = []
@@ -104,24 +103,24 @@ def from_networkd(files: Mapping[str, str], source: str) -> dict[str, Any]:
 
 
 def _interface(network: list[Section], netdevs: dict[str, list[Section]]) -> dict[str, Any]:
-    name = _first(network, "Match", "Name")
-    mac = _first(network, "Match", "PermanentMACAddress") or _first(network, "Match", "MACAddress")
+    name = _last(network, "Match", "Name")
+    mac = _last(network, "Match", "PermanentMACAddress") or _last(network, "Match", "MACAddress")
     netdev = netdevs.get(name or "")
-    kind = (_first(netdev, "NetDev", "Kind") if netdev else None) or "ethernet"
-    dhcp = (_first(network, "Network", "DHCP") or "no").lower()
-    accept_ra = _first(network, "Network", "IPv6AcceptRA")
-    mtu = _first(network, "Link", "MTUBytes") or (
-        _first(netdev, "NetDev", "MTUBytes") if netdev else None
+    kind = (_last(netdev, "NetDev", "Kind") if netdev else None) or "ethernet"
+    dhcp = (_last(network, "Network", "DHCP") or "no").lower()
+    accept_ra = _last(network, "Network", "IPv6AcceptRA")
+    mtu = _last(network, "Link", "MTUBytes") or (
+        _last(netdev, "NetDev", "MTUBytes") if netdev else None
     )
     return {
         "name": name,
         "mac": mac.lower() if mac else None,
         "kind": kind,  # ethernet, vlan, bond (or another netdev kind, as networkd names it)
-        "vlan_id": _int(_first(netdev, "VLAN", "Id")) if netdev and kind == "vlan" else None,
+        "vlan_id": _int(_last(netdev, "VLAN", "Id")) if netdev and kind == "vlan" else None,
         "vlan_parent": None,  # filled in by _link from the parent's VLAN=
-        "bond_mode": (_first(netdev, "Bond", "Mode") if netdev and kind == "bond" else None),
+        "bond_mode": (_last(netdev, "Bond", "Mode") if netdev and kind == "bond" else None),
         "bond_members": [] if kind == "bond" else None,
-        "bond": _first(network, "Network", "Bond"),
+        "bond": _last(network, "Network", "Bond"),
         "mtu": _int(mtu),
         "addresses": _values(network, "Network", "Address")
         + _values(network, "Address", "Address"),
@@ -151,7 +150,7 @@ def unconfigured(source: str) -> dict[str, Any]:
     return {"version": VERSION, "source": source, "interfaces": []}
 
 
-def write(record: Mapping[str, Any], path: Path = RECORD_FILE) -> None:
+def write(record: Mapping[str, Any], path: Path) -> None:
     """Replace the record atomically (the agent may be reading it at the same time)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_private(path, (json.dumps(record, indent=1) + "\n").encode())

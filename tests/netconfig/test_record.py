@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import DEFAULT_STATE_DIR
 from agent.netconfig import cmdline, record
 from agent.netconfig.record import RecordError, from_networkd, parse, read, sections, unconfigured
 from agent.netconfig.render import render
@@ -118,7 +119,7 @@ def test_write_is_atomic_and_read_back(tmp_path: Path):
     assert configured is not None and configured.source == "network_data"
     assert configured.static == (ipaddress.ip_interface("192.168.122.42/24"),)
     assert record.record_file(path.parent) == path
-    assert record.RECORD_FILE.parent == Path("/run/tacet")
+    assert record.record_file(DEFAULT_STATE_DIR) == Path("/run/tacet/network.json")
 
 
 def test_no_record_and_an_empty_one(tmp_path: Path):
