@@ -94,6 +94,7 @@ class Event:
     LINK_DOWN_TO_GUEST = "link-down-to-guest"  # not sent: the member is failed
     NO_LIVE_MEMBER = "no-live-member"  # not sent: every member failed
     GUEST_ABSENT = "guest-absent"  # not sent: QEMU's socket is not there (yet)
+    GUEST_FULL = "guest-full"  # not sent: QEMU's socket queue is full (TCP resends it)
     LACPDU_SENT = "lacpdu-sent"
     # the TAP
     FROM_TAP = "from-tap"
@@ -415,7 +416,10 @@ class Relay:
     def _send(self, member: str, frame: bytes, kind: int, event: str) -> None:
         try:
             self._sockets[member].sendto(frame, str(self.guest_path(member)))
-        except (FileNotFoundError, ConnectionRefusedError, BlockingIOError):
+        except (FileNotFoundError, ConnectionRefusedError):
             self.counters.add(member, Event.GUEST_ABSENT, kind)
+            return
+        except BlockingIOError:
+            self.counters.add(member, Event.GUEST_FULL, kind)
             return
         self.counters.add(member, event, kind)
