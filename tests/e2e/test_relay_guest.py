@@ -179,6 +179,53 @@ def test_network_data_puts_the_agent_on_a_tagged_vlan(
     assert f"{GUEST_IP}/{WIRE.prefixlen}" in addresses_of(vlans[0]), vlans[0]
 
 
+def test_kernel_command_line_puts_the_agent_on_a_tagged_vlan(
+    ramdisk: Ramdisk, pki_dir: Path, tmp_path: Path, namespace: Namespace
+) -> None:
+    """dracut's syntax for a PXE setup, no network_data.json: ``ifname=`` names the relay
+    NIC by its MAC, ``vlan=`` puts VLAN 100 on it, ``ip=`` a static address on the VLAN.
+    Other NICs keep DHCP. systemd-network-generator leaves the parent NIC its IPv6
+    link-local address, so untagged IPv6 (neighbour discovery) is allowed here; untagged
+    IPv4 and ARP are not."""
+    bundle = pki.node_bundle(pki_dir / "ca", NODE, ips=(GUEST_IP,))
+    args = (
+        f"ifname=lan1:{MACS[0]} vlan=vlan{VID}:lan1 ip={GUEST_IP}:::{WIRE.netmask}::vlan{VID}:none"
+    )
+    with Relay(namespace.open_tap(TAP), members=("lan1",), vlan=VID) as relay:
+        vm = VM(
+            tmp_path,
+            ramdisk,
+            VIRTIO,
+            kernel_args=args,
+            secrets=bundle.initrd(),
+            extra_args=relay.qemu_args(MACS[:1]),
+        )
+        boot_for_conductor(vm, pki_dir)
+        try:
+            seconds = namespace.wait_for_listener(GUEST_IP, AGENT_PORT, 120)
+            done = tacet_in(
+                namespace,
+                "status",
+                GUEST_IP,
+                "--retries",
+                "0",
+                *conductor_trust(pki_dir),
+                timeout=120,
+            )
+        finally:
+            vm.stop()
+        counts = relay.counters
+    report("cmdline VLAN: agent reachable", f"{seconds:.1f} s after its first answer")
+    report("cmdline VLAN: relay counters", str(counts.snapshot()))
+    assert "tacet-network: network from the kernel command line: ifname=lan1:" in vm.console_text()
+    assert done.returncode == 0, done.stderr
+    assert relay.error is None
+    assert counts.get(Event.ACCEPTED, ethertype=ETH_P_IP) > 0
+    assert counts.get(Event.UNTAGGED, ethertype=ETH_P_IP) == 0
+    assert counts.get(Event.UNTAGGED, ethertype=ETH_P_ARP) == 0
+    assert counts.get(Event.WRONG_VID) == 0
+
+
 def conductor_trust(pki_dir: Path) -> list[str]:
     """Our CA (the agent's IP SAN checked) and the conductor's client certificate."""
     clients = pki_dir / "ca" / "clients"
