@@ -226,6 +226,63 @@ def test_kernel_command_line_puts_the_agent_on_a_tagged_vlan(
     assert counts.get(Event.WRONG_VID) == 0
 
 
+def config_drive(workdir: Path, data: bytes) -> Path:
+    """An ISO 9660 config drive labelled ``config-2`` holding ``network_data.json``, as
+    ironic builds it for a virtual media boot."""
+    tree = workdir / "config-drive" / "openstack" / "latest"
+    tree.mkdir(parents=True)
+    (tree / "network_data.json").write_bytes(data)
+    (tree / "meta_data.json").write_text(json.dumps({"uuid": VIRTIO.uuid, "name": NODE}))
+    image, tree_root = workdir / "config-drive.iso", workdir / "config-drive"
+    options = ["-quiet", "-o", str(image), "-V", "config-2", "-r", "-J"]
+    subprocess.run(["genisoimage", *options, str(tree_root)], check=True)
+    return image
+
+
+def test_config_drive_network_data_on_virtual_media(
+    ramdisk: Ramdisk, pki_dir: Path, tmp_path: Path, namespace: Namespace
+) -> None:
+    """ironic's DHCP-less flow: no network_data.json in the bundle; it is on a CD-ROM
+    labelled ``config-2``, and the kernel command line says ``boot_method=vmedia``, as
+    ironic's virtual media boot does. Static IPv4 on the relay NIC, DHCP on the first."""
+    if shutil.which("genisoimage") is None:
+        raise HarnessError("the config drive test needs genisoimage: run tools/setup")
+    data = network_data([MGMT, phy("lan1", MACS[0])], [MGMT_DHCP, static("lan1", GUEST_IP, WIRE)])
+    drive = config_drive(tmp_path, data)
+    bundle = pki.node_bundle(pki_dir / "ca", NODE, ips=(GUEST_IP,))
+    with Relay(namespace.open_tap(TAP), members=("lan1",)) as relay:
+        cdrom = ["-drive", f"file={drive},format=raw,media=cdrom,if=ide,index=2,readonly=on"]
+        vm = VM(
+            tmp_path,
+            ramdisk,
+            VIRTIO,
+            kernel_args="boot_method=vmedia",
+            secrets=bundle.initrd(),
+            extra_args=[*relay.qemu_args(MACS[:1]), *cdrom],
+        )
+        boot_for_conductor(vm, pki_dir)
+        try:
+            seconds = namespace.wait_for_listener(GUEST_IP, AGENT_PORT, 120)
+            done = tacet_in(
+                namespace,
+                "status",
+                GUEST_IP,
+                "--retries",
+                "0",
+                *conductor_trust(pki_dir),
+                timeout=120,
+            )
+        finally:
+            vm.stop()
+        counts = relay.counters
+    report("config drive: agent reachable", f"{seconds:.1f} s after its first answer")
+    console = vm.console_text()
+    assert "network from network_data.json in the config drive" in console, vm.tail(60)
+    assert done.returncode == 0, done.stderr
+    assert relay.error is None
+    assert counts.get(Event.ACCEPTED, ethertype=ETH_P_IP) > 0
+
+
 def conductor_trust(pki_dir: Path) -> list[str]:
     """Our CA (the agent's IP SAN checked) and the conductor's client certificate."""
     clients = pki_dir / "ca" / "clients"
