@@ -132,6 +132,22 @@ def tacet_in(ns: Namespace, *args: str, timeout: float) -> subprocess.CompletedP
     )
 
 
+def reached(
+    namespace: Namespace, pki_dir: Path, vm: VM, *command: str
+) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Seconds until the agent listens at GUEST_IP, seen from the namespace, then ``tacet
+    COMMAND ...`` run there against it (our CA, our client certificate); the guest is
+    stopped either way."""
+    try:
+        seconds = namespace.wait_for_listener(GUEST_IP, AGENT_PORT, 120)
+        done = tacet_in(
+            namespace, *command, "--retries", "0", *conductor_trust(pki_dir), timeout=120
+        )
+    finally:
+        vm.stop()
+    return seconds, done
+
+
 def test_network_data_puts_the_agent_on_a_tagged_vlan(
     ramdisk: Ramdisk, pki_dir: Path, tmp_path: Path, namespace: Namespace
 ) -> None:
@@ -148,20 +164,7 @@ def test_network_data_puts_the_agent_on_a_tagged_vlan(
     bundle = node_initrd(pki_dir, data, (GUEST_IP,))
     with Relay(namespace.open_tap(TAP), members=("lan1",), vlan=VID) as relay:
         vm = boot_on(relay, bundle, tmp_path, ramdisk, pki_dir)
-        try:
-            seconds = namespace.wait_for_listener(GUEST_IP, AGENT_PORT, 120)
-            done = tacet_in(
-                namespace,
-                "inventory",
-                GUEST_IP,
-                "--json",
-                "--retries",
-                "0",
-                *conductor_trust(pki_dir),
-                timeout=120,
-            )
-        finally:
-            vm.stop()
+        seconds, done = reached(namespace, pki_dir, vm, "inventory", GUEST_IP, "--json")
         counts = relay.counters
     report("VLAN: agent reachable over the tagged link", f"{seconds:.1f} s after its first answer")
     report("VLAN: relay counters", str(counts.snapshot()))
@@ -194,28 +197,8 @@ def test_kernel_command_line_puts_the_agent_on_a_tagged_vlan(
         f"ifname=lan1:{MACS[0]} vlan=vlan{VID}:lan1 ip={GUEST_IP}:::{WIRE.netmask}::vlan{VID}:none"
     )
     with Relay(namespace.open_tap(TAP), members=("lan1",), vlan=VID) as relay:
-        vm = VM(
-            tmp_path,
-            ramdisk,
-            VIRTIO,
-            kernel_args=args,
-            secrets=bundle.initrd(),
-            extra_args=relay.qemu_args(MACS[:1]),
-        )
-        boot_for_conductor(vm, pki_dir)
-        try:
-            seconds = namespace.wait_for_listener(GUEST_IP, AGENT_PORT, 120)
-            done = tacet_in(
-                namespace,
-                "status",
-                GUEST_IP,
-                "--retries",
-                "0",
-                *conductor_trust(pki_dir),
-                timeout=120,
-            )
-        finally:
-            vm.stop()
+        vm = boot_on(relay, bundle, tmp_path, ramdisk, pki_dir, kernel_args=args)
+        seconds, done = reached(namespace, pki_dir, vm, "status", GUEST_IP)
         counts = relay.counters
     report("cmdline VLAN: agent reachable", f"{seconds:.1f} s after its first answer")
     report("cmdline VLAN: relay counters", str(counts.snapshot()))
@@ -252,30 +235,10 @@ def test_config_drive_network_data_on_virtual_media(
     data = network_data([MGMT, phy("lan1", MACS[0])], [MGMT_DHCP, static("lan1", GUEST_IP, WIRE)])
     drive = config_drive(tmp_path, data)
     bundle = pki.node_bundle(pki_dir / "ca", NODE, ips=(GUEST_IP,))
+    cdrom = ("-drive", f"file={drive},format=raw,media=cdrom,if=ide,index=2,readonly=on")
     with Relay(namespace.open_tap(TAP), members=("lan1",)) as relay:
-        cdrom = ["-drive", f"file={drive},format=raw,media=cdrom,if=ide,index=2,readonly=on"]
-        vm = VM(
-            tmp_path,
-            ramdisk,
-            VIRTIO,
-            kernel_args="boot_method=vmedia",
-            secrets=bundle.initrd(),
-            extra_args=[*relay.qemu_args(MACS[:1]), *cdrom],
-        )
-        boot_for_conductor(vm, pki_dir)
-        try:
-            seconds = namespace.wait_for_listener(GUEST_IP, AGENT_PORT, 120)
-            done = tacet_in(
-                namespace,
-                "status",
-                GUEST_IP,
-                "--retries",
-                "0",
-                *conductor_trust(pki_dir),
-                timeout=120,
-            )
-        finally:
-            vm.stop()
+        vm = boot_on(relay, bundle, tmp_path, ramdisk, pki_dir, cdrom, "boot_method=vmedia")
+        seconds, done = reached(namespace, pki_dir, vm, "status", GUEST_IP)
         counts = relay.counters
     report("config drive: agent reachable", f"{seconds:.1f} s after its first answer")
     console = vm.console_text()
