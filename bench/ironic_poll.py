@@ -28,6 +28,10 @@ an idle ironic. Run it alone on the machine:
 TACET_BENCH_PROFILE=FILE samples ironic with py-spy (installed into ironic's virtualenv
 by hand) over the measured sweeps, into FILE.<nodes>. Ctrl-C, SIGTERM or an error ends
 ironic and the agent workers (each in a process group of its own) before the bench exits.
+TACET_BENCH_TRACEMALLOC=DIR runs ironic under Python's tracemalloc (bench/ironic_heap/)
+and prints, per ironic process, the source lines whose live Python allocations grew most
+from idle to deployed and from deployed to polling (snapshots kept in DIR/<nodes>); that
+run's RSS and CPU include tracemalloc's cost.
 """
 
 from __future__ import annotations
@@ -230,6 +234,67 @@ def start_profiler(
     return process
 
 
+HEAP_SITE = ROOT / "bench" / "ironic_heap"
+
+
+def heap_environment(n: int) -> dict[str, str]:
+    """With TACET_BENCH_TRACEMALLOC=DIR: ironic's interpreter traces its allocations
+    (bench/ironic_heap/sitecustomize.py) and dumps snapshots into DIR/<n> when asked. Its
+    RSS and CPU then include tracemalloc's own cost: a diagnostic run, not a measurement."""
+    base = os.environ.get("TACET_BENCH_TRACEMALLOC")
+    if not base:
+        return {}
+    directory = Path(base) / str(n)
+    directory.mkdir(parents=True, exist_ok=True)
+    return {"TACET_BENCH_TRACEMALLOC": str(directory), "PYTHONPATH": str(HEAP_SITE)}
+
+
+def heap_snapshot(directory: str | None, stage: str, pids: list[int]) -> None:
+    """Ask ironic's processes for a tracemalloc snapshot of ``stage``; wait for them."""
+    if not directory:
+        return
+    (Path(directory) / f"{stage}.request").touch()
+    wanted = [Path(directory) / f"{stage}.{pid}.snapshot" for pid in pids]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not all(path.exists() for path in wanted):
+        time.sleep(1)
+    missing = [path.name for path in wanted if not path.exists()]
+    if missing:
+        print(f"bench: no heap snapshot {', '.join(missing)}", file=sys.stderr)
+
+
+def heap_report(directory: str | None, stages: tuple[str, str], top: int = 25) -> None:
+    """The source lines whose live Python allocations grew most from one stage to the
+    other, per ironic process (tracemalloc's ``compare_to``)."""
+    import tracemalloc
+
+    if not directory:
+        return
+    earlier, later = stages
+    for after in sorted(Path(directory).glob(f"{later}.*.snapshot")):
+        pid = after.name.split(".")[1]
+        before = Path(directory) / f"{earlier}.{pid}.snapshot"
+        if not before.exists():
+            continue
+        new, old = tracemalloc.Snapshot.load(str(after)), tracemalloc.Snapshot.load(str(before))
+        total = sum(s.size for s in new.statistics("filename")) - sum(
+            s.size for s in old.statistics("filename")
+        )
+        print(
+            f"heap, process {pid}: Python allocations {earlier} -> {later}: {total / MIB:+.1f} MiB"
+        )
+        for diff in new.compare_to(old, "lineno")[:top]:
+            frame = diff.traceback[0]
+            print(
+                f"  {diff.size_diff / MIB:+8.2f} MiB {diff.count_diff:+9d} blocks"
+                f"  {frame.filename}:{frame.lineno}"
+            )
+        for diff in new.compare_to(old, "traceback")[:5]:
+            print(f"  {diff.size_diff / MIB:+8.2f} MiB from:")
+            for line in diff.traceback.format(most_recent_first=True):
+                print(f"      {line}")
+
+
 def wait_until(check: Any, timeout: float, what: str) -> None:
     print(f"bench: waiting for {what}", file=sys.stderr, flush=True)
     deadline = time.monotonic() + timeout
@@ -263,6 +328,7 @@ def run_size(
     overrides["api"]["ramdisk_heartbeat_timeout"] = "300"  # ironic's default, not the tests' 30
     ironic = IronicService(locate_ironic(), workdir / f"ironic-{n}", overrides=overrides)
     agents: list[subprocess.Popen[str]] = []
+    heap_dir = ironic_env.get("TACET_BENCH_TRACEMALLOC")
     with BackgroundApp(stalling_app(trickle=20.0)) as images:
         try:
             ironic.write_config()
@@ -281,6 +347,7 @@ def run_size(
             time.sleep(5)
             idle_rss = rss_of(tree_pids(ironic.process.pid))
             idle_threads = threads_of(tree_pids(ironic.process.pid))
+            heap_snapshot(heap_dir, "idle", tree_pids(ironic.process.pid))
             api = IronicApi(ironic.url)
             base = f"http://127.0.0.1:{images.port}"
             uuids = []
@@ -342,6 +409,7 @@ def run_size(
                 print(f"bench: {len(redeployed)} deploys failed and were started again")
             enrolled_rss = rss_of(tree_pids(ironic.process.pid))  # no agent up yet
             enrolled_threads = threads_of(tree_pids(ironic.process.pid))
+            heap_snapshot(heap_dir, "deployed", tree_pids(ironic.process.pid))
 
             tokens = {}
             for i in range(n):
@@ -395,6 +463,7 @@ def run_size(
                 profiler.wait(timeout=60)
             polled_rss = rss_of(pids)
             polled_threads = threads_of(pids)
+            heap_snapshot(heap_dir, "polled", pids)
             trimmed_rss = (
                 malloc_report(pids, ironic.console)
                 if os.environ.get("TACET_BENCH_MALLOC")
@@ -468,7 +537,7 @@ def main() -> None:
         )
         for n in sizes:
             settle = args.settle if args.settle is not None else 2 * args.interval
-            ironic_env = {}
+            ironic_env = heap_environment(n)
             if args.malloc_arena_max is not None:
                 ironic_env["MALLOC_ARENA_MAX"] = str(args.malloc_arena_max)
             r = run_size(n, args.interval, args.sweeps, args.workers, workdir, settle, ironic_env)
@@ -485,6 +554,9 @@ def main() -> None:
             print(f"       threads idle/enrolled/polled: {r['threads']}", flush=True)
             if r["trimmed_rss_mib"] is not None:
                 print(f"       RSS after malloc_trim: {r['trimmed_rss_mib']:.1f} MiB", flush=True)
+            heap = ironic_env.get("TACET_BENCH_TRACEMALLOC")
+            heap_report(heap, ("idle", "deployed"))
+            heap_report(heap, ("deployed", "polled"))
     finally:
         with uninterrupted():
             GROUPS.end_all()
