@@ -21,7 +21,7 @@ A conductor that stays from one count to the next keeps its memory's history: it
 at a lower count is after it held a smaller share.
 
     .venv/bin/python bench/ironic_scale.py [--sizes 1000,5000] [--conductors 3,2,1]
-        [--interval 10] [--rounds 6] [--workers 4]
+        [--interval 10] [--rounds 6] [--workers 4] [--kept-alive N]
 
 Run it alone on the machine; the agents share its cores with the conductors, and their
 CPU is not counted.
@@ -63,9 +63,11 @@ from tests.ironic.launcher import locate_ironic  # noqa: E402
 from tests.ironic.passive import PASSIVE_OVERRIDES  # noqa: E402
 
 
-def overrides(interval: int, n: int) -> dict[str, dict[str, str]]:
+def overrides(interval: int, n: int, kept_alive: int | None = None) -> dict[str, dict[str, str]]:
     found = {section: dict(values) for section, values in PASSIVE_OVERRIDES.items()}
     found["tacet"] = {"poll_interval": str(interval), "poll_timeout": "10"}
+    if kept_alive is not None:
+        found["tacet"]["kept_alive_agents"] = str(kept_alive)
     found["conductor"] = {
         "deploy_callback_timeout": "7200",
         "workers_pool_size": "400",
@@ -131,11 +133,21 @@ def settle(logs: AccessLogs, n: int, running: set[str], interval: int) -> float:
     raise RuntimeError("the conductors did not settle on one conductor per agent in 900 s")
 
 
-def run(n: int, counts: list[int], interval: int, rounds: int, workers: int, workdir: Path) -> None:
+def run(
+    n: int,
+    counts: list[int],
+    interval: int,
+    rounds: int,
+    workers: int,
+    workdir: Path,
+    kept_alive: int | None = None,
+) -> None:
     """One site of ``n`` nodes, deployed with ``counts[0]`` conductors; then measured with
     each count in turn, conductors joining or leaving the running site in between."""
     site = workdir / f"site-{n}"
-    cluster = IronicCluster(locate_ironic(), site, [""] * counts[0], overrides(interval, n))
+    cluster = IronicCluster(
+        locate_ironic(), site, [""] * counts[0], overrides(interval, n, kept_alive)
+    )
     with BackgroundApp(stalling_app(trickle=TRICKLE)) as images:
         fleet: PassiveFleet | None = None
         try:
@@ -211,6 +223,13 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=10, help="[tacet] poll_interval")
     parser.add_argument("--rounds", type=int, default=6, help="intervals measured")
     parser.add_argument("--workers", type=int, default=4, help="agent processes")
+    parser.add_argument(
+        "--kept-alive",
+        type=int,
+        metavar="N",
+        help="[tacet] kept_alive_agents for every conductor (default: the plugin's, 1000);"
+        " a conductor's agents beyond it reconnect for each poll",
+    )
     args = parser.parse_args()
     raise_open_files()
     # SIGTERM (and a closed terminal) end the bench like Ctrl-C: through the ``finally``
@@ -227,7 +246,7 @@ def main() -> None:
     try:
         counts = [int(v) for v in args.conductors.split(",")]
         for n in (int(v) for v in args.sizes.split(",")):
-            run(n, counts, args.interval, args.rounds, args.workers, workdir)
+            run(n, counts, args.interval, args.rounds, args.workers, workdir, args.kept_alive)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
