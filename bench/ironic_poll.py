@@ -28,10 +28,10 @@ an idle ironic. Run it alone on the machine:
 TACET_BENCH_PROFILE=FILE samples ironic with py-spy (installed into ironic's virtualenv
 by hand) over the measured sweeps, into FILE.<nodes>. Ctrl-C, SIGTERM or an error ends
 ironic and the agent workers (each in a process group of its own) before the bench exits.
-TACET_BENCH_TRACEMALLOC=DIR runs ironic under Python's tracemalloc (bench/ironic_heap/)
-and prints, per ironic process, the source lines whose live Python allocations grew most
-from idle to deployed and from deployed to polling (snapshots kept in DIR/<nodes>); that
-run's RSS and CPU include tracemalloc's cost.
+TACET_BENCH_TRACEMALLOC=DIR traces ironic's Python allocations (tracemalloc, through
+bench/ironic_heap/) from the nodes deployed on, and prints per ironic process the source
+lines holding most of what first contact and polling allocated and kept (the snapshot in
+DIR/<nodes>); that run's first contact, RSS and CPU include tracemalloc's cost.
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ HEAP_SITE = ROOT / "bench" / "ironic_heap"
 
 
 def heap_environment(n: int) -> dict[str, str]:
-    """With TACET_BENCH_TRACEMALLOC=DIR: ironic's interpreter traces its allocations
+    """With TACET_BENCH_TRACEMALLOC=DIR: ironic's interpreter can trace its allocations
     (bench/ironic_heap/sitecustomize.py) and dumps snapshots into DIR/<n> when asked. Its
     RSS and CPU then include tracemalloc's own cost: a diagnostic run, not a measurement."""
     base = os.environ.get("TACET_BENCH_TRACEMALLOC")
@@ -263,35 +263,32 @@ def heap_snapshot(directory: str | None, stage: str, pids: list[int]) -> None:
         print(f"bench: no heap snapshot {', '.join(missing)}", file=sys.stderr)
 
 
-def heap_report(directory: str | None, stages: tuple[str, str], top: int = 25) -> None:
-    """The source lines whose live Python allocations grew most from one stage to the
-    other, per ironic process (tracemalloc's ``compare_to``)."""
+def heap_start(directory: str | None) -> None:
+    """Start tracemalloc in ironic's processes (with the nodes deployed, no agent up)."""
+    if directory:
+        (Path(directory) / "start.request").touch()
+        time.sleep(3)  # the watchers look every second
+
+
+def heap_report(directory: str | None, stage: str, top: int = 25) -> None:
+    """Per ironic process, the source lines holding most of the Python memory allocated
+    since tracing started and still alive at ``stage``."""
     import tracemalloc
 
     if not directory:
         return
-    earlier, later = stages
-    for after in sorted(Path(directory).glob(f"{later}.*.snapshot")):
-        pid = after.name.split(".")[1]
-        before = Path(directory) / f"{earlier}.{pid}.snapshot"
-        if not before.exists():
-            continue
-        new, old = tracemalloc.Snapshot.load(str(after)), tracemalloc.Snapshot.load(str(before))
-        total = sum(s.size for s in new.statistics("filename")) - sum(
-            s.size for s in old.statistics("filename")
-        )
-        print(
-            f"heap, process {pid}: Python allocations {earlier} -> {later}: {total / MIB:+.1f} MiB"
-        )
-        for diff in new.compare_to(old, "lineno")[:top]:
-            frame = diff.traceback[0]
-            print(
-                f"  {diff.size_diff / MIB:+8.2f} MiB {diff.count_diff:+9d} blocks"
-                f"  {frame.filename}:{frame.lineno}"
-            )
-        for diff in new.compare_to(old, "traceback")[:5]:
-            print(f"  {diff.size_diff / MIB:+8.2f} MiB from:")
-            for line in diff.traceback.format(most_recent_first=True):
+    for path in sorted(Path(directory).glob(f"{stage}.*.snapshot")):
+        pid = path.name.split(".")[1]
+        snapshot = tracemalloc.Snapshot.load(str(path))
+        lines = snapshot.statistics("lineno")
+        total = sum(s.size for s in lines)
+        print(f"heap, process {pid}: allocated since deployed and alive: {total / MIB:.1f} MiB")
+        for stat in lines[:top]:
+            frame = stat.traceback[0]
+            print(f"  {stat.size / MIB:8.2f} MiB {stat.count:9d} blocks  {frame}")
+        for stat in snapshot.statistics("traceback")[:5]:
+            print(f"  {stat.size / MIB:8.2f} MiB from:")
+            for line in stat.traceback.format(most_recent_first=True):
                 print(f"      {line}")
 
 
@@ -347,7 +344,6 @@ def run_size(
             time.sleep(5)
             idle_rss = rss_of(tree_pids(ironic.process.pid))
             idle_threads = threads_of(tree_pids(ironic.process.pid))
-            heap_snapshot(heap_dir, "idle", tree_pids(ironic.process.pid))
             api = IronicApi(ironic.url)
             base = f"http://127.0.0.1:{images.port}"
             uuids = []
@@ -409,7 +405,7 @@ def run_size(
                 print(f"bench: {len(redeployed)} deploys failed and were started again")
             enrolled_rss = rss_of(tree_pids(ironic.process.pid))  # no agent up yet
             enrolled_threads = threads_of(tree_pids(ironic.process.pid))
-            heap_snapshot(heap_dir, "deployed", tree_pids(ironic.process.pid))
+            heap_start(heap_dir)
 
             tokens = {}
             for i in range(n):
@@ -555,8 +551,7 @@ def main() -> None:
             if r["trimmed_rss_mib"] is not None:
                 print(f"       RSS after malloc_trim: {r['trimmed_rss_mib']:.1f} MiB", flush=True)
             heap = ironic_env.get("TACET_BENCH_TRACEMALLOC")
-            heap_report(heap, ("idle", "deployed"))
-            heap_report(heap, ("deployed", "polled"))
+            heap_report(heap, "polled")
     finally:
         with uninterrupted():
             GROUPS.end_all()

@@ -2,8 +2,10 @@
 when ``bench/ironic_poll.py`` runs with ``TACET_BENCH_TRACEMALLOC=DIR`` (this directory
 on ironic's ``PYTHONPATH``; nothing else loads it).
 
-tracemalloc starts before ironic imports anything. A daemon thread (started again in
-each forked worker) waits for ``DIR/<stage>.request`` and dumps a snapshot to
+A daemon thread (started again in each forked worker) watches DIR. ``start.request``
+starts tracemalloc: from then on every allocation is traced, so a snapshot holds what
+was allocated since and is still alive, and the work before runs at full speed (tracing
+slows ironic several times over). ``<stage>.request`` dumps a snapshot to
 ``DIR/<stage>.<pid>.snapshot``. OpenSSL's and glibc's own memory is not Python's and is
 not in it.
 """
@@ -27,12 +29,19 @@ def _watch() -> None:
         except OSError:
             continue
         for name in sorted(names):
-            if name.endswith(REQUEST) and name not in done:
-                done.add(name)
-                stage = name[: -len(REQUEST)]
-                target = os.path.join(DIRECTORY, f"{stage}.{os.getpid()}.snapshot")
-                tracemalloc.take_snapshot().dump(target + ".part")
-                os.rename(target + ".part", target)
+            if not name.endswith(REQUEST) or name in done:
+                continue
+            done.add(name)
+            stage = name[: -len(REQUEST)]
+            if stage == "start":
+                if not tracemalloc.is_tracing():  # a worker forked later inherits it
+                    tracemalloc.start(FRAMES)
+                continue
+            if not tracemalloc.is_tracing():
+                continue  # asked before the start: no snapshot, the bench says so
+            target = os.path.join(DIRECTORY, f"{stage}.{os.getpid()}.snapshot")
+            tracemalloc.take_snapshot().dump(target + ".part")
+            os.rename(target + ".part", target)
 
 
 def _start() -> None:
@@ -40,6 +49,5 @@ def _start() -> None:
 
 
 if DIRECTORY:
-    tracemalloc.start(FRAMES)
     _start()
     os.register_at_fork(after_in_child=_start)
