@@ -60,6 +60,9 @@ import fleet  # noqa: E402
 from tests.ironic.fleet import address, mac, serve, stalling_app  # noqa: E402
 
 MIB = 1024 * 1024
+# The held image downloads send a KiB this often, so they never reach the agent's read
+# timeout: at 5,000 nodes the first contacts outlast it and its retries.
+TRICKLE = 20.0
 
 
 # -- ironic's side ----------------------------------------------------------------------------
@@ -326,7 +329,7 @@ def run_size(
     ironic = IronicService(locate_ironic(), workdir / f"ironic-{n}", overrides=overrides)
     agents: list[subprocess.Popen[str]] = []
     heap_dir = ironic_env.get("TACET_BENCH_TRACEMALLOC")
-    with BackgroundApp(stalling_app(trickle=20.0)) as images:
+    with BackgroundApp(stalling_app(trickle=TRICKLE)) as images:
         try:
             ironic.write_config()
             ironic.create_schema()

@@ -41,14 +41,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-# The held downloads send a KiB this often: at 5,000 nodes the first contacts take longer
-# than the agent's read timeout and its retries, which would fail the earliest deploys.
-TRICKLE = 20.0
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import fleet as agent_fleet  # noqa: E402
-from ironic_poll import rss_of, tree_pids  # noqa: E402
+from ironic_poll import TRICKLE, rss_of, tree_pids  # noqa: E402
 
 from tests.e2e.harness import BackgroundApp  # noqa: E402
 from tests.ironic.cluster import IronicCluster  # noqa: E402

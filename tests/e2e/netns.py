@@ -97,12 +97,25 @@ class Namespace:
         self.processes.append(process)
         return process
 
-    def add_tap(self, device: str, network: ipaddress.IPv4Network, hosts: list[str]) -> None:
+    def add_tap(
+        self,
+        device: str,
+        network: ipaddress.IPv4Network | ipaddress.IPv6Network,
+        hosts: list[str],
+    ) -> None:
         """A TAP device in the namespace, up, with ``hosts`` (the first one primary)."""
         self.ip("tuntap", "add", "dev", device, "mode", "tap")
         for host in hosts:
-            self.ip("addr", "add", f"{host}/{network.prefixlen}", "dev", device)
+            self.add_address(device, network, host)
         self.ip("link", "set", device, "up")
+
+    def add_address(
+        self, device: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network, host: str
+    ) -> None:
+        """``host`` on ``device``; an IPv6 one usable at once (no duplicate address probe:
+        the namespace is the test's own)."""
+        extra = ["nodad"] if network.version == 6 else []
+        self.ip("addr", "add", f"{host}/{network.prefixlen}", "dev", device, *extra)
 
     def open_tap(self, device: str) -> int:
         """A descriptor attached to ``device``, opened inside the namespace, inheritable."""

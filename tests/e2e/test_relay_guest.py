@@ -75,7 +75,9 @@ def phy(link_id: str, mac: str) -> dict[str, Any]:
     return {"id": link_id, "type": "phy", "ethernet_mac_address": mac}
 
 
-def static(link_id: str, address: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network):
+def static(
+    link_id: str, address: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network
+) -> dict[str, Any]:
     kind = "ipv4" if network.version == 4 else "ipv6"
     return {
         "id": f"{link_id}-{kind}",
@@ -98,8 +100,11 @@ MGMT = phy("mgmt", VIRTIO.mac)
 MGMT_DHCP = {"id": "mgmt-dhcp", "type": "ipv4_dhcp", "link": "mgmt"}
 
 
-def node_initrd(pki_dir: Path, data: bytes, ips: tuple[str, ...] = ()) -> pki.NodeBundle:
-    """The node's bundle with its network_data.json, its certificate naming ``ips``."""
+def node_bundle(
+    pki_dir: Path, data: bytes | None = None, ips: tuple[str, ...] = ()
+) -> pki.NodeBundle:
+    """The node's bundle, with its network_data.json when given, its certificate naming
+    ``ips``."""
     return pki.node_bundle(pki_dir / "ca", NODE, ips=ips, network_data=data)
 
 
@@ -161,7 +166,7 @@ def test_network_data_puts_the_agent_on_a_tagged_vlan(
         ],
         [MGMT_DHCP, static(f"vlan{VID}", GUEST_IP, WIRE)],
     )
-    bundle = node_initrd(pki_dir, data, (GUEST_IP,))
+    bundle = node_bundle(pki_dir, data, (GUEST_IP,))
     with Relay(namespace.open_tap(TAP), members=("lan1",), vlan=VID) as relay:
         vm = boot_on(relay, bundle, tmp_path, ramdisk, pki_dir)
         seconds, done = reached(namespace, pki_dir, vm, "inventory", GUEST_IP, "--json")
@@ -192,7 +197,7 @@ def test_kernel_command_line_puts_the_agent_on_a_tagged_vlan(
     Other NICs keep DHCP. systemd-network-generator leaves the parent NIC its IPv6
     link-local address, so untagged IPv6 (neighbour discovery) is allowed here; untagged
     IPv4 and ARP are not."""
-    bundle = pki.node_bundle(pki_dir / "ca", NODE, ips=(GUEST_IP,))
+    bundle = node_bundle(pki_dir, ips=(GUEST_IP,))
     args = (
         f"ifname=lan1:{MACS[0]} vlan=vlan{VID}:lan1 ip={GUEST_IP}:::{WIRE.netmask}::vlan{VID}:none"
     )
@@ -234,7 +239,7 @@ def test_config_drive_network_data_on_virtual_media(
         raise HarnessError("the config drive test needs genisoimage: run tools/setup")
     data = network_data([MGMT, phy("lan1", MACS[0])], [MGMT_DHCP, static("lan1", GUEST_IP, WIRE)])
     drive = config_drive(tmp_path, data)
-    bundle = pki.node_bundle(pki_dir / "ca", NODE, ips=(GUEST_IP,))
+    bundle = node_bundle(pki_dir, ips=(GUEST_IP,))
     cdrom = ("-drive", f"file={drive},format=raw,media=cdrom,if=ide,index=2,readonly=on")
     with Relay(namespace.open_tap(TAP), members=("lan1",)) as relay:
         vm = boot_on(relay, bundle, tmp_path, ramdisk, pki_dir, cdrom, "boot_method=vmedia")
@@ -287,7 +292,7 @@ def test_agent_reached_over_an_lacp_bond(
     )
     members = ("lan1", "lan2")
     with Relay(namespace.open_tap(TAP), members=members, lacp=True) as relay:
-        vm = boot_on(relay, node_initrd(pki_dir, data), tmp_path, ramdisk, pki_dir)
+        vm = boot_on(relay, node_bundle(pki_dir, data), tmp_path, ramdisk, pki_dir)
         try:
             seconds = namespace.wait_for_listener(GUEST_IP, AGENT_PORT, 120)
             # The bond passes traffic before the LACP exchange has settled (a PDU a second
@@ -335,9 +340,9 @@ def test_active_backup_bond_fails_over_when_the_active_member_loses_its_link(
 ) -> None:
     if source == "network_data":
         data = bond_data({"bond_mode": "active-backup", "bond_miimon": 100})
-        bundle, kernel_args = node_initrd(pki_dir, data), ""
+        bundle, kernel_args = node_bundle(pki_dir, data), ""
     else:
-        bundle, kernel_args = pki.node_bundle(pki_dir / "ca", NODE), BOND_CMDLINE
+        bundle, kernel_args = node_bundle(pki_dir), BOND_CMDLINE
     members = ("lan1", "lan2")
     monitor = tmp_path / "qmp.sock"
     with Relay(namespace.open_tap(TAP), members=members) as relay:
@@ -441,7 +446,7 @@ def test_static_ipv4_without_dhcp_provisioned_by_tacet_provision(
     (its certificate's IP SAN checked against our CA), writes an image served from the
     namespace, and powers the node off."""
     data = network_data([MGMT, phy("lan1", MACS[0])], [static("lan1", GUEST_IP, WIRE)])
-    bundle = node_initrd(pki_dir, data, (GUEST_IP,))
+    bundle = node_bundle(pki_dir, data, (GUEST_IP,))
     image = serve_image(namespace, HOST_IP, tmp_path)
     url = f"http://{HOST_IP}:{IMAGE_PORT}/image.raw"
     fleet = fleet_file(tmp_path, pki_dir, bundle, GUEST_IP, url, image)
@@ -499,12 +504,10 @@ def test_ipv6_only_static_and_slaac(
         [MGMT, phy("lan1", MACS[0]), phy("lan2", MACS[1])],
         [static("lan1", GUEST6, WIRE6), {"id": "lan2-slaac", "type": "ipv6_slaac", "link": "lan2"}],
     )
-    bundle = node_initrd(pki_dir, data, (GUEST6, slaac))
+    bundle = node_bundle(pki_dir, data, (GUEST6, slaac))
     # the namespace's two wires: a static prefix on one, a router advertising on the other
-    namespace.ip("addr", "add", f"{HOST6}/{WIRE6.prefixlen}", "dev", TAP, "nodad")
-    namespace.ip("tuntap", "add", "dev", "wire1", "mode", "tap")
-    namespace.ip("addr", "add", f"{slaac_net[1]}/64", "dev", "wire1", "nodad")
-    namespace.ip("link", "set", "wire1", "up")
+    namespace.add_address(TAP, WIRE6, HOST6)
+    namespace.add_tap("wire1", slaac_net, [str(slaac_net[1])])
     subprocess.run(namespace.command("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"), check=True)
     conf = tmp_path / "radvd.conf"
     conf.write_text(RADVD_CONF.format(tap="wire1", prefix=slaac_net))
