@@ -18,6 +18,7 @@ import hmac
 import json
 import math
 import os
+import random
 import re
 import shutil
 import socket
@@ -80,11 +81,27 @@ def seabios_serial_args(workdir: Path) -> list[str]:
     return ["-fw_cfg", f"name=etc/sercon-port,file={sercon}"]
 
 
+# Ports handed to QEMU's forwards are chosen below the kernel's ephemeral range: a port
+# picked by binding to port 0 is free again once the probe socket closes, and the next
+# bind to port 0 (a test's HTTP server) or an outgoing connection may take it before
+# QEMU binds it, and QEMU then exits at once.
+FORWARD_PORTS = range(20000, 32768)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A free 127.0.0.1 port outside the ephemeral range, never the same one twice."""
+    for port in random.sample(FORWARD_PORTS, len(FORWARD_PORTS)):
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise HarnessError("no free port left for QEMU's forwards")
 
 
 def require_tools() -> None:
@@ -339,6 +356,14 @@ class VM:
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.console_text().splitlines()[-lines:])
 
+    def output_tail(self, lines: int = 20) -> str:
+        """What QEMU itself printed (a refused option or forward ends up here)."""
+        try:
+            text = (self.workdir / "qemu.out").read_bytes().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
     def banner(self) -> re.Match[str] | None:
         return BANNER.search(self.console_text())
 
@@ -520,7 +545,11 @@ async def wait_for_agent(vm: VM, client: AgentClient, timeout: float = BOOT_TIME
                         "the guest kernel panicked before the agent answered; console tail:\n"
                         + vm.tail()
                     )
-                raise HarnessError(f"QEMU exited while booting; console tail:\n{vm.tail()}")
+                code = vm.process.returncode if vm.process is not None else None
+                raise HarnessError(
+                    f"QEMU exited ({code}) while booting; its output:\n"
+                    f"{vm.output_tail()}\nconsole tail:\n{vm.tail()}"
+                )
             banner = vm.since_start("agent") is not None
             if time.monotonic() - last_probe >= (PROBE_EVERY if banner else PROBE_BEFORE_BANNER):
                 probes.add(asyncio.create_task(client.get_json("/v1/status")))
