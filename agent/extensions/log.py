@@ -141,10 +141,24 @@ def format_process_table(rows: list[ProcessRow], now: float | None = None) -> st
     return "\n".join(lines) + "\n"
 
 
+def own_memory(status: str = "/proc/self/status") -> bytes:
+    """The agent's memory split by the kernel (anonymous, file-backed, peak): a heap
+    that grew shows in RssAnon, library pages first touched in RssFile."""
+    try:
+        with open(status, "rb") as handle:
+            lines = handle.read().splitlines()
+    except OSError as error:
+        return f"{status}: {error.strerror}\n".encode()
+    return b"".join(line + b"\n" for line in lines if line.startswith((b"Vm", b"Rss")))
+
+
 def collect_archive(commands: dict[str, list[str]] | None = None) -> bytes:
     """The log bundle; ``commands`` replaces the programs run (tests pass ``{}``)."""
     # The process table first: the agent's own memory, before this bundle's buffers.
-    files: dict[str, bytes] = {"ps.txt": _tail(format_process_table(process_rows()).encode())}
+    files: dict[str, bytes] = {
+        "ps.txt": _tail(format_process_table(process_rows()).encode()),
+        "agent-memory.txt": own_memory(),
+    }
     for name, argv in (COMMANDS if commands is None else commands).items():
         files[name] = _tail(_run(argv))
     for path in LOG_FILES:

@@ -107,3 +107,20 @@ def test_the_process_table_is_taken_before_any_program_runs(monkeypatch):
     monkeypatch.setattr(log, "_run", lambda argv: order.append(argv[0]) or b"")
     log.collect_archive({"journal.txt": ["journalctl"], "nstat.txt": ["nstat"]})
     assert order == ["ps", "journalctl", "nstat"]
+
+
+def test_the_bundle_splits_the_agents_own_memory():
+    data = log.collect_archive({})
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+        text = archive.extractfile("agent-memory.txt").read().decode()
+    fields = dict(line.split(":", 1) for line in text.splitlines())
+    assert {"VmRSS", "VmHWM", "RssAnon", "RssFile"} <= fields.keys(), text
+    assert all(key.startswith(("Vm", "Rss")) for key in fields), text
+    assert int(fields["RssAnon"].split()[0]) > 0
+
+
+def test_an_unreadable_status_file_is_said_not_raised(tmp_path):
+    assert (
+        log.own_memory(str(tmp_path / "gone"))
+        == f"{tmp_path / 'gone'}: No such file or directory\n".encode()
+    )

@@ -250,12 +250,15 @@ class AgentFacts:
     rss_kib: int
     journal_lines: int  # the agent's, so far
     listen_overflows: int  # connects the guest's kernel dropped: accept queue full
+    anon_kib: int = 0  # of rss_kib: the heap and other anonymous pages
+    file_kib: int = 0  # ... library and other file pages (in the ramdisk: shared memory)
+    peak_kib: int = 0  # the agent's highest RSS so far (VmHWM)
 
 
 async def agent_facts(client: AgentClient) -> AgentFacts:
     """The agent's RSS, its journal lines and the kernel's accept-queue drops, from one
     log bundle (ps.txt is taken before the bundle reads anything)."""
-    texts = await log_bundle(client, "ps.txt", "journal.txt", "nstat.txt")
+    texts = await log_bundle(client, "ps.txt", "agent-memory.txt", "journal.txt", "nstat.txt")
     rss = [
         int(line.split()[4])
         for line in texts["ps.txt"].splitlines()[1:]
@@ -265,7 +268,27 @@ async def agent_facts(client: AgentClient) -> AgentFacts:
     lines = sum(1 for line in texts["journal.txt"].splitlines() if " tacet-agent[" in line)
     counters = dict(line.split()[:2] for line in texts["nstat.txt"].splitlines()[1:] if line)
     assert "TcpExtListenOverflows" in counters, texts["nstat.txt"]
-    return AgentFacts(rss[0], lines, int(counters["TcpExtListenOverflows"]))
+    memory = {
+        key: int(value.split()[0])
+        for key, value in (line.split(":", 1) for line in texts["agent-memory.txt"].splitlines())
+    }
+    return AgentFacts(
+        rss[0],
+        lines,
+        int(counters["TcpExtListenOverflows"]),
+        memory["RssAnon"],
+        memory["RssFile"] + memory["RssShmem"],  # the ramdisk's files are in tmpfs
+        memory["VmHWM"],
+    )
+
+
+def report_memory(label: str, before: AgentFacts, after: AgentFacts) -> None:
+    report(f"{label}: agent RSS before/after", f"{before.rss_kib}/{after.rss_kib} KiB")
+    report(
+        f"{label}: agent RSS anonymous / file-backed before, after; peak",
+        f"{before.anon_kib} / {before.file_kib}, {after.anon_kib} / {after.file_kib};"
+        f" {after.peak_kib} KiB",
+    )
 
 
 async def agent_baseline(client: AgentClient) -> AgentFacts:
@@ -334,7 +357,7 @@ async def test_connection_storm_in_the_guest(passive: Passive):
     report("storm in the guest: new-connection polls", summary(fresh))
     await asyncio.sleep(30)
     after = await agent_facts(client)
-    report("storm in the guest: agent RSS before/after", f"{before.rss_kib}/{after.rss_kib} KiB")
+    report_memory("storm in the guest", before, after)
     report("storm in the guest: agent log lines", str(after.journal_lines - before.journal_lines))
     overflows = after.listen_overflows - before.listen_overflows
     report("storm in the guest: connects dropped, accept queue full", str(overflows))

@@ -26,9 +26,10 @@ import ipaddress
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -38,7 +39,13 @@ from tests.agent.storm import ROOT
 from .harness import AGENT_PORT, VM, AgentClient, Ramdisk, report
 from .netns import Namespace, require_namespace_tools
 from .polling import StormConductor, summary
-from .test_ramdisk import VIRTIO, agent_baseline, agent_facts, boot_for_conductor
+from .test_ramdisk import (
+    VIRTIO,
+    agent_baseline,
+    agent_facts,
+    boot_for_conductor,
+    report_memory,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -53,6 +60,13 @@ LEAD = 5.0  # seconds of storm before the first poll: the agent is full by then
 POLLS = 20
 SETTLE = 30.0  # seconds after the storm before the agent's RSS is taken again
 MIB = 1024 * 1024
+# What a storm may leave behind 30 s later: the heap's high-water mark, the pages the
+# allocator cannot give back, is at most 64 KiB for each of the 512 connections the cap
+# allows (15-21 MiB was left in runs here). A second storm of ~9,000 connections adds
+# under 8 MiB to it: a leak of 1 KiB per connection would add more.
+FIRST_STORM_KIB = 32 * 1024
+SECOND_STORM_KIB = 8 * 1024
+T = TypeVar("T")
 
 
 @dataclass
@@ -104,6 +118,44 @@ def stormed(
             os.close(tap)
 
 
+def storm_command(namespace: Namespace, seconds: float) -> list[str]:
+    """The storm's clients, in the namespace, for ``seconds``: JSON counts on stdout."""
+    return namespace.command(
+        sys.executable,
+        "-m",
+        "tests.agent.storm",
+        str(AGENT_PORT),
+        str(IDLE),
+        "0",
+        "0",
+        str(seconds),
+        "--host",
+        GUEST_STORM_IP,
+        "--sources",
+        ",".join(STORM_SOURCES),
+        "--hello",
+        str(HELLO),
+    )
+
+
+async def storm(
+    namespace: Namespace, seconds: float, during: Awaitable[T]
+) -> tuple[dict[str, int], T]:
+    """Run the storm for ``seconds`` while ``during`` runs; the storm's counts, its result."""
+    process = await asyncio.create_subprocess_exec(
+        *storm_command(namespace, seconds), cwd=ROOT, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        result = await during
+        output, _ = await asyncio.wait_for(process.communicate(), seconds + 60)
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+    return json.loads(output), result
+
+
 async def test_storm_from_many_addresses_in_the_guest(stormed: Stormed):
     client = stormed.client
     before = await agent_baseline(client)
@@ -115,37 +167,13 @@ async def test_storm_from_many_addresses_in_the_guest(stormed: Stormed):
     seconds = LEAD + POLLS + 1
     async with StormConductor(client) as conductor:
         assert await conductor.kept_alive() == 200
-        storm = await asyncio.create_subprocess_exec(
-            *stormed.namespace.command(
-                sys.executable,
-                "-m",
-                "tests.agent.storm",
-                str(AGENT_PORT),
-                str(IDLE),
-                "0",
-                "0",
-                str(seconds),
-                "--host",
-                GUEST_STORM_IP,
-                "--sources",
-                ",".join(STORM_SOURCES),
-                "--hello",
-                str(HELLO),
-            ),
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        try:
+
+        async def poll() -> tuple[list[float], list[float]]:
             await asyncio.sleep(LEAD)
-            kept, fresh = await conductor.both(POLLS)
-            output, _ = await asyncio.wait_for(storm.communicate(), seconds + 60)
-        finally:
-            if storm.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    storm.kill()
-                await storm.wait()
+            return await conductor.both(POLLS)
+
+        counts, (kept, fresh) = await storm(stormed.namespace, seconds, poll())
         assert await conductor.kept_alive() == 200
-    counts = json.loads(output)
     status, made, open_seen = conductor.last, conductor.made, conductor.open_seen
     rejections = {
         layer: count - rejections_before.get(layer, 0)
@@ -169,10 +197,18 @@ async def test_storm_from_many_addresses_in_the_guest(stormed: Stormed):
     report("many-address storm: new-connection polls", summary(fresh))
     await asyncio.sleep(SETTLE)
     after = await agent_facts(client)
-    report("many-address storm: agent RSS before/after", f"{before.rss_kib}/{after.rss_kib} KiB")
+    report_memory("many-address storm", before, after)
     report("many-address storm: agent log lines", str(after.journal_lines - before.journal_lines))
     overflows = after.listen_overflows - before.listen_overflows
     report("many-address storm: connects dropped, accept queue full", str(overflows))
+    # The same storm again, without the polls: what the first left behind is the heap's
+    # high-water mark (allocator pages the agent could not give back), not a leak, if a
+    # second storm adds little to it.
+    again, _ = await storm(stormed.namespace, seconds, asyncio.sleep(0))
+    await asyncio.sleep(SETTLE)
+    second = await agent_facts(client)
+    report("many-address storm, again: storm's view", json.dumps(again))
+    report_memory("many-address storm, again", after, second)
     assert max(kept) < 1.0, kept
     assert len(made) == 1, made  # its connection was never closed to make room
     assert counts["connected"] > IDLE + HELLO, counts  # the agent closed connections...
@@ -180,5 +216,8 @@ async def test_storm_from_many_addresses_in_the_guest(stormed: Stormed):
     # (No address came near the per-peer cap: 11 connections each, under 64.)
     assert cap == 512 and max(open_seen) >= cap * 0.9, (cap, open_seen)
     assert connections["refused"] > 0 and connections["evicted"] > 0, connections
-    assert after.rss_kib - before.rss_kib < 20 * MIB // 1024, (before, after)
-    assert after.journal_lines - before.journal_lines < 100, (before, after)
+    assert again["connected"] > IDLE + HELLO, again
+    assert after.rss_kib - before.rss_kib < FIRST_STORM_KIB, (before, after)
+    assert second.rss_kib - after.rss_kib < SECOND_STORM_KIB, (after, second)
+    assert second.rss_kib - before.rss_kib < FIRST_STORM_KIB, (before, second)
+    assert second.journal_lines - before.journal_lines < 200, (before, second)
