@@ -250,9 +250,9 @@ class AgentFacts:
     rss_kib: int
     journal_lines: int  # the agent's, so far
     listen_overflows: int  # connects the guest's kernel dropped: accept queue full
-    anon_kib: int = 0  # of rss_kib: the heap and other anonymous pages
-    file_kib: int = 0  # ... library and other file pages (in the ramdisk: shared memory)
-    peak_kib: int = 0  # the agent's highest RSS so far (VmHWM)
+    anon_kib: int  # of rss_kib: the heap and other anonymous pages
+    file_kib: int  # ... library and other file pages (in the ramdisk: shared memory)
+    peak_kib: int  # the agent's highest RSS so far (VmHWM)
 
 
 async def agent_facts(client: AgentClient) -> AgentFacts:
