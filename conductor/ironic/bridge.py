@@ -9,11 +9,17 @@ one loop for the life of the process, and threads hand it coroutines.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+class Abandoned(Exception):
+    """``run`` gave up on its coroutine because its ``abandon`` check said so."""
 
 
 class LoopThread:
@@ -28,16 +34,35 @@ class LoopThread:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
-    def run(self, work: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``work`` on the loop from any other thread; cancelled on timeout."""
+    def run(
+        self,
+        work: Coroutine[Any, Any, T],
+        timeout: float | None = None,
+        abandon: Callable[[], bool] | None = None,
+        check_every: float = 0.5,
+    ) -> T:
+        """Run ``work`` on the loop from any other thread; cancelled on timeout, or
+        (raising :class:`Abandoned`) as soon as ``abandon()``, asked every
+        ``check_every`` seconds, is true: a conductor that stops does not wait out a
+        sweep's polls."""
         if threading.current_thread() is self._thread:
             raise RuntimeError("LoopThread.run called from its own loop: it would deadlock")
         future = asyncio.run_coroutine_threadsafe(work, self.loop)
-        try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = check_every if abandon is not None else None
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                wait = left if wait is None else min(wait, left)
+            try:
+                return future.result(max(wait, 0.0) if wait is not None else None)
+            except concurrent.futures.TimeoutError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    future.cancel()
+                    raise
+                if abandon is not None and abandon():
+                    future.cancel()
+                    raise Abandoned() from None
 
     @property
     def alive(self) -> bool:

@@ -19,13 +19,14 @@ certificate) with ``requests.Session.cert`` set to ``[tacet] client_cert_file``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -48,7 +49,7 @@ from conductor import pki
 from conductor.client import USER_AGENT, Trust
 
 from . import addresses, options
-from .bridge import shared_loop
+from .bridge import Abandoned, shared_loop
 from .pacing import HeartbeatPacer, refresh_period
 from .polling import (
     ALIVE,
@@ -237,6 +238,52 @@ def _agent_timeout() -> int:
     return int(CONF.tacet.agent_timeout or CONF.api.ramdisk_heartbeat_timeout)
 
 
+class ConductorStopping(Exception):
+    """This conductor has begun to stop: the sweep takes no more node locks."""
+
+
+_STOP_UNKNOWN_WARNED: list[bool] = []
+
+
+def conductor_stopping(manager: Any) -> bool:
+    """Whether ironic has begun to stop this conductor.
+
+    ironic's ``del_host`` sets the manager's ``_shutdown`` event first, then deregisters
+    the conductor, waits for its periodic tasks and (up to ``[conductor]
+    graceful_shutdown_timeout``) for its node locks to go. A sweep that went on taking
+    locks after that would hold the stop up, and one cut short by the process manager's
+    SIGKILL would leave a node locked by a conductor that is gone. ironic offers no
+    public way to ask, so this reads that event (never sets it); an ironic without it
+    is warned about once, and its sweeps then run to their end.
+    """
+    event = getattr(manager, "_shutdown", None)
+    is_set = getattr(event, "is_set", None)
+    if callable(is_set):
+        return bool(is_set())
+    if not _STOP_UNKNOWN_WARNED:
+        _STOP_UNKNOWN_WARNED.append(True)
+        LOG.warning(
+            "Passive poll: this ironic's conductor manager has no _shutdown event; a "
+            "sweep running when the conductor stops is not cut short"
+        )
+    return False
+
+
+@contextlib.contextmanager
+def _node_lock(
+    context: Any, manager: Any, uuid: str, purpose: str, shared: bool = False, retry: bool = True
+) -> Iterator[Any]:
+    """ironic's ``task_manager.acquire``, refused (:class:`ConductorStopping`) while this
+    conductor stops: checked before the lock is taken and again once it is held (then
+    released at once), so no lock is taken after the stop began and kept past it."""
+    if conductor_stopping(manager):
+        raise ConductorStopping()
+    with task_manager.acquire(context, uuid, shared=shared, retry=retry, purpose=purpose) as task:
+        if conductor_stopping(manager):
+            raise ConductorStopping()
+        yield task
+
+
 def client_certificate() -> tuple[Path, Path] | None:
     """The conductor's client certificate and key in ``mtls`` trust, None in the others."""
     if CONF.tacet.trust_mode != "mtls":
@@ -407,6 +454,8 @@ class TacetPassiveDeploy(agent.AgentDeploy):
     @periodics.periodic(spacing=_poll_spacing, enabled=_poll_enabled)
     def _tacet_poll_passive_agents(self, manager: Any, context: Any) -> None:
         """Poll the agents of this conductor's passive nodes; act on what they answer."""
+        if conductor_stopping(manager):
+            return
         # One query for every candidate: a node whose agent answered before needs no
         # other database access unless ironic must hear its answer.
         candidates = [
@@ -436,7 +485,9 @@ class TacetPassiveDeploy(agent.AgentDeploy):
         targets = []
         for row in rows.values():
             try:
-                target = self._target(context, row)
+                target = self._target(context, manager, row)
+            except ConductorStopping:
+                return
             except exception.NodeNotFound:
                 continue
             except Exception:
@@ -452,19 +503,35 @@ class TacetPassiveDeploy(agent.AgentDeploy):
             if not targets:
                 return
             budget = CONF.tacet.poll_timeout * 2 * (len(targets) // poller.settings.concurrency + 1)
-            answers = shared_loop().run(poller.sweep(targets), timeout=budget + 30)
+            try:
+                answers = shared_loop().run(
+                    poller.sweep(targets),
+                    timeout=budget + 30,
+                    abandon=lambda: conductor_stopping(manager),
+                )
+            except Abandoned:
+                LOG.info("Passive poll: conductor %s is stopping; sweep abandoned", manager.host)
+                return
         now = time.monotonic()
-        for answer in answers:
+        for done, answer in enumerate(answers):
             if answer.kind in (ALIVE, FIRST_CONTACT):
                 _BOOK.last_answer[answer.uuid] = now
             try:
                 self._act(context, manager, answer, rows[answer.uuid])
+            except ConductorStopping:
+                # Unheard answers are heard by whichever conductor takes the nodes over.
+                LOG.info(
+                    "Passive poll: conductor %s is stopping; %d answers of this sweep left unheard",
+                    manager.host,
+                    len(answers) - done,
+                )
+                return
             except (exception.NodeLocked, exception.NodeNotFound):
                 continue
             except Exception:
                 LOG.exception("Passive poll: acting on node %s failed", answer.uuid)
 
-    def _target(self, context: Any, row: _Row) -> Target | None:
+    def _target(self, context: Any, manager: Any, row: _Row) -> Target | None:
         info = row.agent
         token = info.get("agent_secret_token")
         url = info.get("agent_url")
@@ -491,9 +558,7 @@ class TacetPassiveDeploy(agent.AgentDeploy):
             )
             return None
         if mode != "token-binding" and not token:
-            with task_manager.acquire(
-                context, uuid, shared=False, purpose="tacet passive token"
-            ) as task:
+            with _node_lock(context, manager, uuid, "tacet passive token") as task:
                 manager_utils.add_secret_token(task.node)
                 task.node.save()
                 token = task.node.driver_internal_info["agent_secret_token"]
@@ -517,10 +582,10 @@ class TacetPassiveDeploy(agent.AgentDeploy):
     # -- acting on an answer -----------------------------------------------------------
     def _act(self, context: Any, manager: Any, answer: Answer, row: _Row) -> None:
         if answer.kind == REFUSED:
-            self._fail(context, answer.uuid, f"tacet passive: {answer.reason}")
+            self._fail(context, manager, answer.uuid, f"tacet passive: {answer.reason}")
             return
         if answer.kind not in (ALIVE, FIRST_CONTACT):
-            self._check_timeout(context, answer, row)
+            self._check_timeout(context, manager, answer, row)
             return
         seen = (row.node_side(), answer.commands)
         now = time.monotonic()
@@ -536,8 +601,8 @@ class TacetPassiveDeploy(agent.AgentDeploy):
         # A known agent's heartbeat needs the exclusive lock: taken at once, without
         # ironic's retries. ironic's heartbeat would skip a node locked elsewhere and say
         # nothing; raised here, NodeLocked leaves the answer unheard, so due next sweep.
-        with task_manager.acquire(
-            context, answer.uuid, shared=not known, retry=not known, purpose="tacet passive poll"
+        with _node_lock(
+            context, manager, answer.uuid, "tacet passive poll", shared=not known, retry=not known
         ) as task:
             node = task.node
             if type(task.driver.deploy) is not type(self):
@@ -553,6 +618,8 @@ class TacetPassiveDeploy(agent.AgentDeploy):
             if answer.kind == FIRST_CONTACT:
                 assert answer.certificate is not None
                 task.upgrade_lock()  # reloads task.node
+                if conductor_stopping(manager):
+                    raise ConductorStopping()
                 node = task.node
                 verify_ca = manager_utils.store_agent_certificate(node, answer.certificate)
                 node.set_driver_internal_info(FRESH_AGENT, True)
@@ -578,6 +645,8 @@ class TacetPassiveDeploy(agent.AgentDeploy):
     def _continue_inspection(self, task: Any, manager: Any, answer: Answer) -> None:
         """What ironic's continue_inspection call does, with the polled inventory."""
         task.upgrade_lock()
+        if conductor_stopping(manager):
+            raise ConductorStopping()
         node = task.node
         if node.provision_state != states.INSPECTWAIT:
             return
@@ -589,7 +658,7 @@ class TacetPassiveDeploy(agent.AgentDeploy):
             err_handler=manager_utils.provisioning_error_handler,
         )
 
-    def _check_timeout(self, context: Any, answer: Answer, row: _Row) -> None:
+    def _check_timeout(self, context: Any, manager: Any, answer: Answer, row: _Row) -> None:
         if not row.agent.get("agent_url"):
             return  # never answered yet: ironic's own callback timeouts apply
         limit = _agent_timeout()
@@ -605,16 +674,15 @@ class TacetPassiveDeploy(agent.AgentDeploy):
         _BOOK.last_answer.pop(answer.uuid, None)
         self._fail(
             context,
+            manager,
             answer.uuid,
             f"tacet passive: the agent at {answer.address} has not answered for "
             f"{int(silent)} s (limit {limit} s): {answer.reason}",
         )
 
-    def _fail(self, context: Any, uuid: str, message: str) -> None:
+    def _fail(self, context: Any, manager: Any, uuid: str, message: str) -> None:
         """The error handler ironic uses for the node's wait state."""
-        with task_manager.acquire(
-            context, uuid, shared=False, purpose="tacet passive failure"
-        ) as task:
+        with _node_lock(context, manager, uuid, "tacet passive failure") as task:
             state = task.node.provision_state
             LOG.error("Node %s: %s", uuid, message)
             if state == states.DEPLOYWAIT:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 
 import pytest
 
 from conductor.client import AgentClient, CommandResult, Inventory, Options, Trust
 from conductor.ironic.addresses import agent_address, dnsmasq_lease_address, neutron_fixed_ip
-from conductor.ironic.bridge import LoopThread
+from conductor.ironic.bridge import Abandoned, LoopThread
 from conductor.ironic.pacing import HeartbeatPacer, commands_seen, refresh_period
 from conductor.ironic.polling import (
     ALIVE,
@@ -106,6 +107,44 @@ def test_the_loop_thread_serves_every_caller_on_one_loop() -> None:
     finally:
         loop_thread.stop()
     assert not loop_thread.alive
+
+
+def test_the_loop_thread_abandons_work_when_told_and_cancels_it() -> None:
+    """A stopping conductor does not wait out a sweep: ``abandon`` ends the wait and
+    cancels the coroutine on the loop."""
+    loop_thread = LoopThread("test-loop")
+    try:
+        cancelled = threading.Event()
+        asked = []
+
+        async def forever() -> None:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        def abandon() -> bool:
+            asked.append(time.monotonic())
+            return len(asked) >= 3
+
+        started = time.monotonic()
+        with pytest.raises(Abandoned):
+            loop_thread.run(forever(), timeout=60, abandon=abandon, check_every=0.05)
+        assert time.monotonic() - started < 5
+        assert len(asked) == 3
+        assert cancelled.wait(5)
+
+        async def answer() -> int:
+            await asyncio.sleep(0.1)
+            return 7
+
+        # Work that finishes first is not abandoned, and a timeout still applies.
+        assert loop_thread.run(answer(), timeout=5, abandon=lambda: False, check_every=0.01) == 7
+        with pytest.raises(TimeoutError):
+            loop_thread.run(forever(), timeout=0.2, abandon=lambda: False, check_every=0.05)
+    finally:
+        loop_thread.stop()
 
 
 def closed_port() -> int:

@@ -71,9 +71,14 @@ class ClusterProcess(IronicService):
 
     def kill(self) -> None:
         """SIGKILL, as a host that loses power: no goodbye to the database."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+        self.signal(signal.SIGKILL)
+        if self.process is not None:
             self.process.wait(10)
+
+    def signal(self, number: int) -> None:
+        """Send ``number`` to the process group, if it still runs."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, number)
 
 
 def _merge(*layers: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:

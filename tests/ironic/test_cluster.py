@@ -12,7 +12,13 @@ conductor.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
+import json
+import signal
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,11 +26,21 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from conductor.client import AgentClient, Options, Trust
 from tests.e2e.harness import BackgroundApp
 
 from .cluster import ClusterProcess, IronicCluster
 from .conftest import report
-from .fleet import AGENT_PORT, PassiveFleet, address, conductor_of, stalling_app, wait_until
+from .fleet import (
+    AGENT_PORT,
+    PassiveFleet,
+    address,
+    conductor_of,
+    list_nodes,
+    mac,
+    stalling_app,
+    wait_until,
+)
 from .launcher import IronicError, locate_ironic
 from .passive import PASSIVE_OVERRIDES
 
@@ -43,6 +59,14 @@ class Site:
     killed_at: float = 0.0
     victim: ClusterProcess | None = None
     moved: list[str] = field(default_factory=list)  # the victim's agents
+    released_at: float | None = None  # when the images were let finish
+
+    def release_images(self) -> float:
+        """Let every held image finish (once); when that was."""
+        if self.released_at is None:
+            self.released_at = time.time()
+            self.release.set()
+        return self.released_at
 
     def conductors_seen(
         self, since: float, method: str | None = None
@@ -170,11 +194,130 @@ def test_a_restarted_conductor_resumes_without_repeating_a_command(site: Site):
     assert site.fleet.all_in("wait call-back"), site.fleet.states()
 
 
+def test_a_conductor_stopped_mid_sweep_takes_no_lock_after_and_leaves_none(site: Site):
+    """SIGTERM while a sweep waits for its polls: the sweep ends there and acts on none
+    of its answers (each would take a node's lock), so the conductor does not wait the
+    polls out, and no node stays locked by it. Started again, it drives its nodes on.
+
+    The conductor stopped is rack-a's, which alone holds rack-a's nodes. One more rack-a
+    node's agent address accepts connections and never answers, so each of its sweeps
+    waits ``poll_timeout`` (5 s) for that poll. The six rack-a agents' answers change
+    while it is frozen (SIGSTOP): their images finish. Once thawed, as soon as its next
+    sweep has polled all six, SIGTERM. Acting on those answers after the stop began
+    would be six heartbeats, each under its node's lock, and is what the test looks for
+    in its log."""
+    victim = next(c for c in site.cluster.conductors if c.group == "rack-a")
+    rack_a = [f"{address(i)}:{AGENT_PORT}" for i in RACK_A]
+    silent_uuid = deploy_silent_node(site)
+    with silent_agent(address(NODES), AGENT_PORT):
+        victim.signal(signal.SIGSTOP)
+        try:
+            site.release_images()
+            written = asyncio.run(wait_images_written(site, list(RACK_A)))
+            report(f"cluster: {len(RACK_A)} rack-a images written, their conductor frozen", written)
+        finally:
+            thawed = time.time()
+            victim.signal(signal.SIGCONT)
+        wait_until_polled(site, victim.host, rack_a, thawed, timeout=60)
+        assert victim.process is not None
+        stopping = time.monotonic()
+        victim.signal(signal.SIGTERM)
+        try:
+            victim.process.wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the stopping conductor still ran after 30 s\n{victim.tail()}")
+        took = time.monotonic() - stopping
+    report("cluster: a conductor stopped mid-sweep (SIGTERM) exited", f"{took:.1f} s")
+    try:
+        check_stopped_cleanly(site, victim)
+    finally:
+        victim.spawn()
+        site.cluster.wait_alive([c.host for c in site.cluster.conductors])
+    states = site.fleet.states()
+    assert states[silent_uuid] == "wait call-back", states[silent_uuid]
+
+
+def check_stopped_cleanly(site: Site, victim: ClusterProcess) -> None:
+    """No heartbeat (under a node's lock) after ironic logged the stop, the sweep cut
+    short, and no node left reserved by the stopped conductor."""
+    log = victim.log.read_text(errors="replace")
+    _, stopped, after = log.partition("Successfully stopped conductor")
+    assert stopped, "ironic did not log the conductor's stop"
+    assert "Passive poll: a heartbeat for node" not in after, after[:4000]
+    # The stop fell within a sweep (this conductor never stopped before).
+    assert "sweep abandoned" in log or "left unheard" in log, after[:4000]
+    reserved = {
+        node["uuid"]: node["reservation"]
+        for node in list_nodes(site.fleet.api, "reservation")
+        if node["reservation"] == victim.host
+    }
+    assert not reserved, reserved
+
+
+def deploy_silent_node(site: Site) -> str:
+    """One more rack-a node, deployed up to ``wait call-back``, whose agent never comes."""
+    api = site.fleet.api
+    body = site.fleet.node_body(NODES)
+    body["conductor_group"] = "rack-a"
+    uuid = str(api.post("/v1/nodes", body)["uuid"])
+    api.post("/v1/ports", {"node_uuid": uuid, "address": mac(NODES)})
+    for step, state in (("manage", "manageable"), ("provide", "available")):
+        api.set_provision_state(uuid, step)
+        wait_until(lambda s=state: site.fleet.states()[uuid] == s, 60, f"the silent node {state}")
+    api.set_provision_state(uuid, "active")
+    wait_until(lambda: site.fleet.states()[uuid] == "wait call-back", 60, "the silent node waiting")
+    return uuid
+
+
+@contextlib.contextmanager
+def silent_agent(host: str, port: int) -> Iterator[None]:
+    """A listener that lets connections in (the kernel's backlog) and never answers."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(64)
+        yield
+
+
+async def wait_images_written(site: Site, indexes: list[int], timeout: float = 120) -> str:
+    """Until each agent's ``write_image`` deploy step (its ``execute_deploy_step``
+    command, the only one its frozen conductor started) has finished: asked with the
+    node's token, as a conductor would, not through ironic."""
+    tokens = json.loads((site.fleet.workdir / "tokens.json").read_text())
+    started = time.monotonic()
+    pending = set(indexes)
+    while pending:
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"write_image still running on agents {sorted(pending)}")
+        for i in sorted(pending):
+            options = Options(trust=Trust(), token=tokens[str(i)], user_agent="test")
+            async with AgentClient(f"{address(i)}:{AGENT_PORT}", options) as client:
+                commands = await client.list_commands()
+            writes = [c for c in commands if c.command_name == "execute_deploy_step"]
+            if writes and not writes[-1].running:
+                assert writes[-1].status == "SUCCEEDED", writes[-1]
+                pending.discard(i)
+        await asyncio.sleep(0.2)
+    return f"{time.monotonic() - started:.1f} s"
+
+
+def wait_until_polled(
+    site: Site, host: str, agents: list[str], since: float, timeout: float
+) -> None:
+    """Until ``host`` has polled every one of ``agents`` since ``since`` (0.2 s steps)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = site.conductors_seen(since)
+        if all(host in seen.get(agent, {}) for agent in agents):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{host} did not poll {agents} within {timeout:.0f} s")
+
+
 def test_the_deploys_finish_each_driven_by_one_conductor(site: Site):
     """The images finish: every deploy goes on to ``active``, each agent getting its
     remaining commands from one conductor, the one holding its node."""
-    released = time.time()
-    site.release.set()
+    released = site.release_images()
     wait_until(lambda: site.fleet.all_in("active"), 240, "every deploy active")
     took = time.time() - released
     report("cluster: 20 deploys active after their images finished", f"{took:.1f} s")
