@@ -9,7 +9,8 @@ stays in ``wait call-back`` and is polled every ``--interval`` seconds. Each siz
 deployed once, with the first of ``--conductors`` counts; for each count in turn
 conductors then join (started) or leave (SIGTERM) the running site, the bench waits
 until every agent has been polled by exactly one running conductor for two intervals
-(the hash ring has moved the nodes: "moved s"), one more interval, and measures
+and no agent was sent a command in them (the hash ring has moved the nodes and ironic
+has finished acting on first contacts: "moved s"), one more interval, and measures
 ``--rounds`` intervals:
 
 - per conductor: CPU seconds per interval as a share of one core, RSS, and how many
@@ -117,17 +118,28 @@ def pollers(entries: list[dict[str, Any]]) -> dict[str, set[str]]:
     return found
 
 
+SETTLE_LIMIT = 1800  # seconds
+
+
 def settle(logs: AccessLogs, n: int, running: set[str], interval: int) -> float:
     """Until, over the last two intervals, every agent was polled by exactly one conductor,
-    a running one (after conductors joined or left, the hash ring has moved the nodes)."""
+    a running one (after conductors joined or left, the hash ring has moved the nodes),
+    and no agent was sent a command: ironic has finished acting on the first contacts
+    (each starts the deploy's steps: several commands per agent), so what is measured
+    is steady polling, not the tail of first contact."""
     began = time.monotonic()
-    deadline = began + 900
+    deadline = began + SETTLE_LIMIT
     while time.monotonic() < deadline:
         time.sleep(interval)
-        seen = pollers(logs.since(time.time() - 2 * interval))
-        if len(seen) == n and all(len(c) == 1 and c <= running for c in seen.values()):
+        entries = logs.since(time.time() - 2 * interval)
+        seen = pollers(entries)
+        quiet = not any(e["method"] == "POST" for e in entries)
+        if quiet and len(seen) == n and all(len(c) == 1 and c <= running for c in seen.values()):
             return time.monotonic() - began
-    raise RuntimeError("the conductors did not settle on one conductor per agent in 900 s")
+    raise RuntimeError(
+        f"the conductors did not settle on one conductor per agent, no command sent, "
+        f"in {SETTLE_LIMIT} s"
+    )
 
 
 def run(
