@@ -41,6 +41,7 @@ from .netns import Namespace, require_namespace_tools
 from .polling import StormConductor, summary
 from .test_ramdisk import (
     VIRTIO,
+    AgentFacts,
     agent_baseline,
     agent_facts,
     boot_for_conductor,
@@ -59,6 +60,7 @@ IDLE, HELLO = 1000, 100
 LEAD = 5.0  # seconds of storm before the first poll: the agent is full by then
 POLLS = 20
 SETTLE = 30.0  # seconds after the storm before the agent's RSS is taken again
+MAX_STORMS = 4  # storms run at most, until one fills the agent to its cap
 MIB = 1024 * 1024
 # What a storm may leave behind 30 s later: the heap's high-water mark, the pages the
 # allocator cannot give back, at most 64 KiB for each of the 512 connections the cap
@@ -156,9 +158,28 @@ async def storm(
     return json.loads(output), result
 
 
-async def test_storm_from_many_addresses_in_the_guest(stormed: Stormed):
+@dataclass
+class StormRound:
+    """One storm with the conductor polling through it, as the agent and the storm saw it."""
+
+    counts: dict[str, int]  # the storm's view
+    kept: list[float]  # kept-alive polls, seconds each
+    fresh: list[float]  # new-connection polls, seconds each
+    made: list[float]  # connections the kept-alive poller had to make
+    open_seen: list[int]  # the agent's open connections, as each poll found
+    cap: int
+    refused: int
+    evicted: int
+    after: AgentFacts  # SETTLE seconds after the storm
+
+    @property
+    def filled(self) -> bool:
+        """The storm brought the agent to (nearly) its total cap."""
+        return max(self.open_seen, default=0) >= self.cap * 0.9
+
+
+async def storm_round(stormed: Stormed, label: str) -> StormRound:
     client = stormed.client
-    before = await agent_baseline(client)
     _, status = await client.get_json("/v1/status")
     rejections_before = status.get("rejections", {})
     connections_before = status["connections"]
@@ -183,40 +204,69 @@ async def test_storm_from_many_addresses_in_the_guest(stormed: Stormed):
         key: status["connections"][key] - connections_before[key] for key in ("refused", "evicted")
     }
     cap = status["connections"]["max"]
-    report("many-address storm: clients", f"{IDLE} idle TCP + {HELLO} slow TLS handshakes")
-    report("many-address storm: source addresses", str(len(STORM_SOURCES)))
-    report("many-address storm: storm's view", json.dumps(counts))
-    report("many-address storm: agent rejections", json.dumps(rejections))
+    report(f"{label}: storm's view", json.dumps(counts))
+    report(f"{label}: agent rejections", json.dumps(rejections))
     report(
-        "many-address storm: agent connections",
+        f"{label}: agent connections",
         f"cap {cap}, open at the polls max {max(open_seen)}, refused {connections['refused']},"
         f" evicted {connections['evicted']}",
     )
-    report("many-address storm: kept-alive conductor polls", summary(kept))
-    report("many-address storm: kept-alive conductor connections made", str(len(made)))
-    report("many-address storm: new-connection polls", summary(fresh))
+    report(f"{label}: kept-alive conductor polls", summary(kept))
+    report(f"{label}: kept-alive conductor connections made", str(len(made)))
+    report(f"{label}: new-connection polls", summary(fresh))
     await asyncio.sleep(SETTLE)
     after = await agent_facts(client)
-    report_memory("many-address storm", before, after)
-    report("many-address storm: agent log lines", str(after.journal_lines - before.journal_lines))
-    overflows = after.listen_overflows - before.listen_overflows
+    return StormRound(
+        counts,
+        kept,
+        fresh,
+        made,
+        open_seen,
+        cap,
+        connections["refused"],
+        connections["evicted"],
+        after,
+    )
+
+
+async def test_storm_from_many_addresses_in_the_guest(stormed: Stormed):
+    """Storms, each with the conductor polling through it, at least two and until one has
+    filled the agent to its total cap (at most ``MAX_STORMS``).
+
+    Every storm: the kept-alive conductor is answered within 1 s and its connection is
+    never closed to make room; the agent closes connections; 30 s later the agent is
+    within ``LEFT_BEHIND_KIB`` of where it began (a second storm shows what the first
+    left is the heap's high-water mark, not a leak). The storm that filled the agent: it
+    refused some newcomers and evicted unsettled connections to make room. On some
+    machines the first storm after boot gets under 2,000 connects through (where
+    ~9,000 is usual), the agent never holds more than about 400, and that storm shows
+    nothing of the cap; a storm that does not fill it is run again.
+    """
+    client = stormed.client
+    before = await agent_baseline(client)
+    report("many-address storm: clients", f"{IDLE} idle TCP + {HELLO} slow TLS handshakes")
+    report("many-address storm: source addresses", str(len(STORM_SOURCES)))
+    rounds: list[StormRound] = []
+    while len(rounds) < 2 or (not any(r.filled for r in rounds) and len(rounds) < MAX_STORMS):
+        label = "many-address storm" + (f", storm {len(rounds) + 1}" if rounds else "")
+        rounds.append(await storm_round(stormed, label))
+        report_memory(label, before, rounds[-1].after)
+    last = rounds[-1].after
+    report("many-address storm: storms run", str(len(rounds)))
+    report("many-address storm: agent log lines", str(last.journal_lines - before.journal_lines))
+    overflows = last.listen_overflows - before.listen_overflows
     report("many-address storm: connects dropped, accept queue full", str(overflows))
-    # The same storm again, without the polls: what the first left behind is the heap's
-    # high-water mark (allocator pages the agent could not give back), not a leak, if
-    # the agent is within the same bound after the second.
-    again, _ = await storm(stormed.namespace, seconds, asyncio.sleep(0))
-    await asyncio.sleep(SETTLE)
-    second = await agent_facts(client)
-    report("many-address storm, again: storm's view", json.dumps(again))
-    report_memory("many-address storm, again", after, second)
-    assert max(kept) < 1.0, kept
-    assert len(made) == 1, made  # its connection was never closed to make room
-    assert counts["connected"] > IDLE + HELLO, counts  # the agent closed connections...
-    # ... at its total cap: full, it refused some newcomers and made room for others.
-    # (No address came near the per-peer cap: 11 connections each, under 64.)
-    assert cap == 512 and max(open_seen) >= cap * 0.9, (cap, open_seen)
-    assert connections["refused"] > 0 and connections["evicted"] > 0, connections
-    assert again["connected"] > IDLE + HELLO, again
-    assert after.rss_kib - before.rss_kib < LEFT_BEHIND_KIB, (before, after)
-    assert second.rss_kib - before.rss_kib < LEFT_BEHIND_KIB, (before, second)
-    assert second.journal_lines - before.journal_lines < 200, (before, second)
+    for r in rounds:
+        assert max(r.kept) < 1.0, r.kept
+        assert len(r.made) == 1, r.made  # its connection was never closed to make room
+        assert r.counts["connected"] > IDLE + HELLO, r.counts  # the agent closed connections
+        assert r.after.rss_kib - before.rss_kib < LEFT_BEHIND_KIB, (before, r.after)
+    # At its total cap: full, it refused some newcomers and made room for others. (No
+    # address came near the per-peer cap: 11 connections each, under 64.)
+    filled = [r for r in rounds if r.filled]
+    assert filled, [(r.cap, max(r.open_seen), r.counts) for r in rounds]
+    assert all(r.cap == 512 for r in rounds), [r.cap for r in rounds]
+    assert any(r.refused > 0 and r.evicted > 0 for r in filled), [
+        (r.refused, r.evicted) for r in filled
+    ]
+    assert last.journal_lines - before.journal_lines < 100 * len(rounds), (before, last)
