@@ -48,7 +48,7 @@ from oslo_utils import timeutils
 from conductor import pki
 from conductor.client import USER_AGENT, Trust
 
-from . import addresses, options
+from . import addresses, heap, options
 from .bridge import Abandoned, shared_loop
 from .pacing import HeartbeatPacer, refresh_period
 from .polling import (
@@ -512,6 +512,15 @@ class TacetPassiveDeploy(agent.AgentDeploy):
             except Abandoned:
                 LOG.info("Passive poll: conductor %s is stopping; sweep abandoned", manager.host)
                 return
+        try:
+            self._act_on(context, manager, answers, rows)
+        finally:
+            if CONF.tacet.release_free_memory:
+                heap.release_free_memory()
+
+    def _act_on(
+        self, context: Any, manager: Any, answers: list[Answer], rows: dict[str, _Row]
+    ) -> None:
         now = time.monotonic()
         for done, answer in enumerate(answers):
             if answer.kind in (ALIVE, FIRST_CONTACT):

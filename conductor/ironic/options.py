@@ -97,6 +97,13 @@ opts = [
         "client_key_file",
         help="trust_mode mtls: the private key of client_cert_file (PEM, unencrypted).",
     ),
+    cfg.BoolOpt(
+        "release_free_memory",
+        default=True,
+        help="After each sweep, ask the C library (glibc's malloc_trim) to give the "
+        "memory freed during the sweep back to the operating system, so the conductor's "
+        "RSS follows what it uses rather than the most it used.",
+    ),
     cfg.StrOpt(
         "dnsmasq_leases_file",
         help="Lease file of the dnsmasq that serves the provisioning network when ironic "
