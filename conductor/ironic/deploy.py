@@ -47,8 +47,9 @@ from oslo_utils import timeutils
 
 from conductor import pki
 from conductor.client import USER_AGENT, Trust
+from wire.heap import release_free_memory
 
-from . import addresses, heap, options
+from . import addresses, options
 from .bridge import Abandoned, shared_loop
 from .pacing import HeartbeatPacer, refresh_period
 from .polling import (
@@ -242,7 +243,12 @@ class ConductorStopping(Exception):
     """This conductor has begun to stop: the sweep takes no more node locks."""
 
 
-_STOP_UNKNOWN_WARNED: list[bool] = []
+@functools.cache
+def _warn_no_stop_signal() -> None:
+    LOG.warning(
+        "Passive poll: this ironic's conductor manager has no _shutdown event; a "
+        "sweep running when the conductor stops is not cut short"
+    )
 
 
 def conductor_stopping(manager: Any) -> bool:
@@ -260,13 +266,14 @@ def conductor_stopping(manager: Any) -> bool:
     is_set = getattr(event, "is_set", None)
     if callable(is_set):
         return bool(is_set())
-    if not _STOP_UNKNOWN_WARNED:
-        _STOP_UNKNOWN_WARNED.append(True)
-        LOG.warning(
-            "Passive poll: this ironic's conductor manager has no _shutdown event; a "
-            "sweep running when the conductor stops is not cut short"
-        )
+    _warn_no_stop_signal()
     return False
+
+
+def _stop_if_stopping(manager: Any) -> None:
+    """Raise :class:`ConductorStopping` once this conductor has begun to stop."""
+    if conductor_stopping(manager):
+        raise ConductorStopping()
 
 
 @contextlib.contextmanager
@@ -276,11 +283,9 @@ def _node_lock(
     """ironic's ``task_manager.acquire``, refused (:class:`ConductorStopping`) while this
     conductor stops: checked before the lock is taken and again once it is held (then
     released at once), so no lock is taken after the stop began and kept past it."""
-    if conductor_stopping(manager):
-        raise ConductorStopping()
+    _stop_if_stopping(manager)
     with task_manager.acquire(context, uuid, shared=shared, retry=retry, purpose=purpose) as task:
-        if conductor_stopping(manager):
-            raise ConductorStopping()
+        _stop_if_stopping(manager)
         yield task
 
 
@@ -516,7 +521,7 @@ class TacetPassiveDeploy(agent.AgentDeploy):
             self._act_on(context, manager, answers, rows)
         finally:
             if CONF.tacet.release_free_memory:
-                heap.release_free_memory()
+                release_free_memory()
 
     def _act_on(
         self, context: Any, manager: Any, answers: list[Answer], rows: dict[str, _Row]
@@ -627,8 +632,7 @@ class TacetPassiveDeploy(agent.AgentDeploy):
             if answer.kind == FIRST_CONTACT:
                 assert answer.certificate is not None
                 task.upgrade_lock()  # reloads task.node
-                if conductor_stopping(manager):
-                    raise ConductorStopping()
+                _stop_if_stopping(manager)
                 node = task.node
                 verify_ca = manager_utils.store_agent_certificate(node, answer.certificate)
                 node.set_driver_internal_info(FRESH_AGENT, True)
@@ -654,8 +658,7 @@ class TacetPassiveDeploy(agent.AgentDeploy):
     def _continue_inspection(self, task: Any, manager: Any, answer: Answer) -> None:
         """What ironic's continue_inspection call does, with the polled inventory."""
         task.upgrade_lock()
-        if conductor_stopping(manager):
-            raise ConductorStopping()
+        _stop_if_stopping(manager)
         node = task.node
         if node.provision_state != states.INSPECTWAIT:
             return

@@ -167,12 +167,12 @@ async def serve(first: int, count: int, workdir: Path, access_log: bool) -> None
 
 
 # -- ironic's side ------------------------------------------------------------------------
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_until(check: Callable[[], bool], timeout: float, what: str, step: float = 1.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
-        time.sleep(1)
+        time.sleep(step)
     raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
 
 

@@ -218,7 +218,13 @@ def test_a_conductor_stopped_mid_sweep_takes_no_lock_after_and_leaves_none(site:
         finally:
             thawed = time.time()
             victim.signal(signal.SIGCONT)
-        wait_until_polled(site, victim.host, rack_a, thawed, timeout=60)
+
+        def polled_all() -> bool:
+            seen = site.conductors_seen(thawed)
+            return all(victim.host in seen.get(agent, {}) for agent in rack_a)
+
+        # Quick steps: SIGTERM must fall within the sweep's 5 s wait for the silent node.
+        wait_until(polled_all, 60, f"{victim.host} polling every rack-a agent", step=0.2)
         assert victim.process is not None
         stopping = time.monotonic()
         victim.signal(signal.SIGTERM)
@@ -299,19 +305,6 @@ async def wait_images_written(site: Site, indexes: list[int], timeout: float = 1
                 pending.discard(i)
         await asyncio.sleep(0.2)
     return f"{time.monotonic() - started:.1f} s"
-
-
-def wait_until_polled(
-    site: Site, host: str, agents: list[str], since: float, timeout: float
-) -> None:
-    """Until ``host`` has polled every one of ``agents`` since ``since`` (0.2 s steps)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        seen = site.conductors_seen(since)
-        if all(host in seen.get(agent, {}) for agent in agents):
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"{host} did not poll {agents} within {timeout:.0f} s")
 
 
 def test_the_deploys_finish_each_driven_by_one_conductor(site: Site):

@@ -1,10 +1,11 @@
-"""The plugin's heap trimming, against this machine's C library."""
+"""Giving free heap memory back (the plugin after each sweep, the agent after a storm),
+against this machine's C library."""
 
 from __future__ import annotations
 
 import psutil
 
-from conductor.ironic.heap import release_free_memory
+from wire.heap import release_free_memory
 
 MIB = 1024 * 1024
 

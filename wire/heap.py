@@ -1,10 +1,11 @@
-"""Giving the memory a sweep freed back to the operating system.
+"""Giving free heap memory back to the operating system (glibc's ``malloc_trim``).
 
-A sweep (its TLS work above all, and ironic's own work on the answers) allocates and
-frees in many threads. glibc keeps freed memory in its heaps for reuse, and with one
-heap per thread (up to 8 per core) a conductor's RSS then stays well above what it
-uses. ``malloc_trim`` gives free pages at the top of every heap and whole free pages
-inside them back. A C library without it (musl) is left alone.
+Both sides free much more than they keep: the agent after a connection storm, the
+conductor's plugin after each sweep (its TLS work above all, and ironic's own work on
+the answers, in many threads). glibc keeps freed memory in its heaps for reuse, one
+heap per thread up to 8 per core, so RSS stays near the peak unless asked.
+``malloc_trim`` gives free pages at the top of every heap, and whole free pages inside
+them, back. A C library without it (musl) is left alone.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
     try:
         trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
         return None
     return trim
 
