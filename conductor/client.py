@@ -5,7 +5,7 @@ agent's own certificate given as the CA file (pinned, no name check), a pinned S
 fingerprint, or the token binding of docs/security.md. Trust on first use exists only
 as an explicit mode that records the fingerprint it saw. For the last three the client
 reads the certificate once over a probe connection that carries no secret, checks it,
-and from then on talks only through a context that trusts exactly that certificate.
+and from then on talks only to exactly that certificate (``conductor.tls.Pinned``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from .http import (
     one_line,
     tune_gc_for_polling,
 )
-from .tls import conductor_context, probe_context
+from .tls import Pinned, probe_context
 
 __all__ = [  # what other modules take from here; the HTTP layer itself is in .http
     "DEFAULT_KEPT_ALIVE",
@@ -507,7 +507,7 @@ class AgentClient:
         self.mode = self.options.trust.mode(self.options.token)  # fails early on bad trust
         self._own_pool = pool is None
         self.pool = pool or Pool()
-        self.context: ssl.SSLContext | None = None
+        self.context: ssl.SSLContext | Pinned | None = None
         self.seen_fingerprint: str | None = None  # colon hex, as the agent prints it
         self.seen_certificate: str | None = None  # its PEM, once probed and verified
         self.last_call: _Call | None = None  # the attempts of the last call made
@@ -539,13 +539,12 @@ class AgentClient:
             return
         trust = self.options.trust
         if self.mode == "ca":
+            assert trust.cafile is not None
             self.context = self.pool.ca_context(trust.cafile, trust.certfile, trust.keyfile)
             return
         if self.mode == "pinned-certificate":
             assert trust.cafile is not None
-            self.context = conductor_context(
-                cadata=trust.cafile.read_text(), certfile=trust.certfile, keyfile=trust.keyfile
-            )
+            self.context = self.pool.pinned(trust.cafile.read_text(), trust.certfile, trust.keyfile)
             return
         der = await self._probe()
         seen = hashlib.sha256(der).hexdigest()
@@ -555,7 +554,7 @@ class AgentClient:
                 self.address,
             )
         pem = ssl.DER_cert_to_PEM_cert(der)
-        context = conductor_context(cadata=pem, certfile=trust.certfile, keyfile=trust.keyfile)
+        context = self.pool.pinned(pem, trust.certfile, trust.keyfile)
         if self.mode == "binding":
             # The public status, over a connection that trusts exactly the certificate
             # seen, without the token; the token goes out only once the binding holds.
@@ -738,7 +737,9 @@ class AgentClient:
 
         return await self._within_deadline(call)
 
-    async def _get(self, context: ssl.SSLContext, path: str, token: bool, limit: int) -> Any:
+    async def _get(
+        self, context: ssl.SSLContext | Pinned, path: str, token: bool, limit: int
+    ) -> Any:
         return await self._send(context, "GET", path, None, None, token, limit)
 
     def _request(
@@ -759,7 +760,7 @@ class AgentClient:
 
     async def _send(
         self,
-        context: ssl.SSLContext,
+        context: ssl.SSLContext | Pinned,
         method: str,
         path: str,
         body: Any,

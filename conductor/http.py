@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import h11
 
-from .tls import ResumingContext, conductor_context
+from .tls import Pinned, ResumingContext, conductor_context, pinning_context
 
 MAX_HEAD = 64 * 1024  # status line and header fields
 MAX_HEADERS = 100  # header fields in one response
@@ -270,11 +270,14 @@ class Connection(asyncio.BufferedProtocol):
         self,
         pool: Pool,
         key: tuple[Any, ...],
-        context: ssl.SSLContext,
+        context: ssl.SSLContext | Pinned,
         server_hostname: str,
         session_name: str | None = None,
     ) -> None:
         self.pool = pool
+        self.pinned = context if isinstance(context, Pinned) else None
+        if isinstance(context, Pinned):
+            context = context.context
         self.key = key
         self.server_hostname = server_hostname
         # Sessions are remembered per host we connect to: two agents at fe80::1%eth0 and
@@ -357,6 +360,13 @@ class Connection(asyncio.BufferedProtocol):
             self.close()
             return
         self._flush()
+        if self.pinned is not None:
+            try:
+                self.pinned.check(self.tls.getpeercert(binary_form=True))
+            except ssl.SSLCertVerificationError as exc:
+                self.ready.set_exception(exc)  # before any request: nothing was sent
+                self.close()
+                return
         self.version = self.tls.version()  # once the stream has failed, OpenSSL says None
         if self.resuming is not None:
             self.resuming.handshake_done(self.session_name, self.tls)
@@ -506,7 +516,7 @@ class Pool:
         self.max_kept_alive = max_kept_alive
         self.max_body = max_body
         self.kept_alive: set[str] = set()
-        self._contexts: dict[tuple[Any, ...], ssl.SSLContext] = {}
+        self._contexts: dict[tuple[Any, ...], ResumingContext] = {}
         self.idle: dict[tuple[Any, ...], Connection] = {}
         self.connections: set[Connection] = set()  # open ones, idle or busy
         self.connections_made = 0
@@ -521,7 +531,7 @@ class Pool:
         return False
 
     def ca_context(
-        self, cafile: Path | None, certfile: Path | None, keyfile: Path | None
+        self, cafile: Path, certfile: Path | None, keyfile: Path | None
     ) -> ssl.SSLContext:
         key = (cafile, certfile, keyfile)
         if key not in self._contexts:
@@ -530,9 +540,17 @@ class Pool:
             )
         return self._contexts[key]
 
+    def pinned(self, pem: str, certfile: Path | None, keyfile: Path | None) -> Pinned:
+        """Trust exactly the certificate in ``pem``, over the one context all pinned
+        agents share (per client certificate); ValueError unless it is one certificate."""
+        key = ("pinned", certfile, keyfile)
+        if key not in self._contexts:
+            self._contexts[key] = pinning_context(certfile=certfile, keyfile=keyfile)
+        return Pinned.of(self._contexts[key], pem)
+
     async def connect(
         self,
-        context: ssl.SSLContext,
+        context: ssl.SSLContext | Pinned,
         host: str,
         port: int,
         timeout: float,

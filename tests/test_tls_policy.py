@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 from agent.config import Config
 from agent.daemon import AgentServer
 from agent.power import RecordingPower
-from conductor.tls import conductor_context, probe_context
+from conductor.tls import conductor_context, pinning_context, probe_context
 from wire.tls import TLS12_CIPHERS, TLS13_CIPHERS, client_context
 
 ECDSA_SUITES = {name for name in TLS12_CIPHERS if name.startswith("ECDHE-ECDSA-")}
@@ -175,12 +175,14 @@ def handshake_suite(server: ssl.SSLContext, client: ssl.SSLContext) -> str | Non
         listener.close()
 
 
-@pytest.mark.parametrize("which", ["conductor", "probe", "client"])
+@pytest.mark.parametrize("which", ["conductor", "pinning", "probe", "client"])
 def test_the_conductor_offers_exactly_the_policy(tmp_path, which) -> None:
     identities = [write_identity(tmp_path, "ec"), write_identity(tmp_path, "rsa")]
     trusted = "".join(cert.read_text() for cert, _ in identities)
+    (tmp_path / "trusted.pem").write_text(trusted)
     client = {
-        "conductor": lambda: conductor_context(cadata=trusted),
+        "conductor": lambda: conductor_context(cafile=tmp_path / "trusted.pem"),
+        "pinning": lambda: pinning_context(),
         "probe": lambda: probe_context(),
         "client": lambda: client_context(cadata=trusted),
     }[which]()

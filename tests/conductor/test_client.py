@@ -239,6 +239,58 @@ async def test_pinned_agent_certificate_as_cafile(start_node, tmp_path):
         assert len(await client.list_commands()) == 0
 
 
+async def test_pinned_agents_share_one_context_and_a_wrong_certificate_gets_nothing(
+    start_node, tmp_path
+):
+    """Every agent trusted by its exact certificate goes through one shared context; the
+    certificate is compared on each connection, resumed ones included, before the
+    request (and its token) is written."""
+    first, second = await start_node("first"), await start_node("second")
+    pems = {}
+    for name, node in (("first", first), ("second", second)):
+        pems[node] = tmp_path / f"{name}.pem"
+        pems[node].write_text(node.agent.identity.cert_pem)
+    pool = Pool(max_kept_alive=0)  # a connection per request: the later ones resume
+    clients = [
+        AgentClient(node.address, Options(Trust(cafile=pems[node]), TOKEN), pool=pool)
+        for node in (first, second)
+    ]
+    try:
+        for client in clients:
+            for _ in range(3):
+                await client.list_commands()
+        shared = {client.context.context for client in clients}
+        assert len(shared) == 1
+        assert shared.pop().resumed >= 4
+        # the second agent's certificate pinned for the first agent's address: the
+        # session the shared context offers there resumes, and is refused all the same
+        impostor = AgentClient(first.address, Options(Trust(cafile=pems[second]), TOKEN), pool=pool)
+        with pytest.raises(Untrusted, match="not the pinned certificate"):
+            await impostor.list_commands()
+        assert impostor.context.context.session_for("127.0.0.1") is not None
+    finally:
+        await pool.close()
+    assert first.agent.guard.summary().get("token", 0) == 0
+
+
+def test_a_pin_is_one_certificate_compared_whole_within_its_validity(test_pki):
+    from conductor.tls import Pinned, pinning_context
+
+    pem = test_pki.node_cert.read_text()
+    pinned = Pinned.of(pinning_context(), pem)
+    der = ssl.PEM_cert_to_DER_cert(pem)
+    pinned.check(der)
+    for served, message in ((None, "not the pinned"), (der[:-1] + b"x", "not the pinned")):
+        with pytest.raises(ssl.SSLCertVerificationError, match=message):
+            pinned.check(served)
+    with pytest.raises(ssl.SSLCertVerificationError, match="expired"):
+        pinned.check(der, now=pinned.not_after + 1)
+    with pytest.raises(ssl.SSLCertVerificationError, match="not yet valid"):
+        pinned.check(der, now=pinned.not_before - 1)
+    with pytest.raises(ValueError, match="one certificate, not 2"):
+        Pinned.of(pinning_context(), pem + test_pki.ca_pem.read_text())
+
+
 async def test_fingerprint_pin(start_node):
     node = await start_node()
     right = sha256_of(node.agent.identity.cert_pem)
