@@ -47,7 +47,7 @@ from oslo_utils import timeutils
 
 from conductor import pki
 from conductor.client import USER_AGENT, Trust
-from wire.heap import release_free_memory
+from wire.heap import limit_heaps, release_free_memory
 
 from . import addresses, options
 from .bridge import Abandoned, shared_loop
@@ -381,6 +381,15 @@ def _lookup_data(node: Any, token: str | None) -> dict[str, Any]:
 
 class TacetPassiveDeploy(agent.AgentDeploy):
     """ironic's ``direct`` deploy for agents in passive mode: the conductor polls them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # ironic builds its interfaces at start, before its periodic tasks' threads
+        # allocate: the limit then holds for those threads' heaps.
+        if limit_heaps(CONF.tacet.malloc_arena_max):
+            LOG.info(
+                "glibc heaps limited to %d ([tacet] malloc_arena_max)", CONF.tacet.malloc_arena_max
+            )
 
     def validate(self, task: Any) -> None:
         """ironic's checks, and in ``mtls`` trust a readable client certificate and key."""

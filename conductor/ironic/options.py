@@ -104,6 +104,15 @@ opts = [
         "memory freed during the sweep back to the operating system, so the conductor's "
         "RSS follows what it uses rather than the most it used.",
     ),
+    cfg.IntOpt(
+        "malloc_arena_max",
+        default=2,
+        min=0,
+        help="At most this many glibc heaps (arenas) for the conductor's threads, set when "
+        "the plugin loads (mallopt M_ARENA_MAX), where glibc makes up to 8 per core and "
+        "each strands freed memory; 0 leaves glibc's default. A MALLOC_ARENA_MAX in the "
+        "conductor's environment takes precedence.",
+    ),
     cfg.StrOpt(
         "dnsmasq_leases_file",
         help="Lease file of the dnsmasq that serves the provisioning network when ironic "
