@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.ports import free_port  # noqa: E402
+
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 
@@ -62,12 +64,6 @@ def sha256_file(path: Path) -> str:
         while chunk := handle.read(8 * MIB):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 SERVER = """

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from agent.__main__ import main
 from agent.bundle import MAX_BYTES, BundleError, Member, extract, parse_newc, unpacked
 from agent.config import load_config
 from conductor import cpio, pki
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TACET = "import sys; from conductor.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -152,12 +152,6 @@ def test_a_bad_bundle_stops_the_start_with_one_line(tmp_path, capsys):
     assert "cannot read it" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # one configuration source, not two
         main(["--bundle", str(bad), "--config-dir", str(tmp_path)])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tacet(*args: str) -> subprocess.CompletedProcess[str]:

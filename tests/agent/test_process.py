@@ -7,7 +7,6 @@ import http.server
 import json
 import re
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -21,18 +20,13 @@ import psutil
 
 from tests.agent.conftest import start
 from tests.local_agent import agent_argv
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 NODE_INFO = {
     "node": {"uuid": "5a0b4ef2-9c8e-4d61-a3f7-2c1e0d9b8a77"},
     "config": {"agent_token": "claimed-token-xyz"},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class AgentProcess:

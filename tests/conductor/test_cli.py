@@ -16,7 +16,8 @@ import pytest
 
 from conductor.cli import main
 from tests.conductor.conftest import IMAGE, TOKEN
-from tests.conductor.test_fleet import NodeInventory, free_port, mac, qcow2_server
+from tests.conductor.test_fleet import NodeInventory, mac, qcow2_server
+from tests.ports import free_port
 
 __all__ = ["qcow2_server"]  # a fixture
 

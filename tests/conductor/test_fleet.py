@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import io
 import json
-import socket
 import stat
 import subprocess
 
@@ -21,6 +20,7 @@ from conductor.fleet import (
 )
 from tests.conductor.conftest import IMAGE, TOKEN
 from tests.image.test_prepare_image import DiskInventory
+from tests.ports import free_port
 
 
 class NodeInventory(DiskInventory):
@@ -83,12 +83,6 @@ def ca_nodes(start_node, test_pki, tmp_path):
         return nodes
 
     return start
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def fleet_of(entries, test_pki, **settings):

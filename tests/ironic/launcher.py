@@ -15,7 +15,6 @@ import configparser
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.ports import free_port
 
 IRONIC_VERSION = os.environ.get("TACET_IRONIC_VERSION", "39.0.0")
 DEFAULT_VENV = Path("/var/tmp/tacet-ironic") / f"venv-{IRONIC_VERSION}"
@@ -42,13 +43,6 @@ NO_PROXY = {"no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"
 
 class IronicError(AssertionError):
     """ironic (or its installation) did not do what the test needs; the message says why."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.local_agent import agent_argv
+from tests.ports import free_port
 
-from .launcher import NO_PROXY, IronicError, free_port
+from .launcher import NO_PROXY, IronicError
 
 REPO = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024

@@ -20,7 +20,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .launcher import IronicError, IronicService, free_port
+from tests.ports import free_port
+
+from .launcher import IronicError, IronicService
 from .machine import Machine
 from .node import LocalAgent
 from .outbound import Outbound, audit_prefix, outbound, read_complete

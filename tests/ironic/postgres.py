@@ -21,7 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .launcher import IronicError, free_port
+from tests.ports import free_port
+
+from .launcher import IronicError
 
 SYSTEM_USER = "postgres"
 START_TIMEOUT = 60.0

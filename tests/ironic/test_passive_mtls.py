@@ -22,9 +22,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from conductor import pki
+from tests.ports import free_port
 
 from .conftest import Images, report, running_ironic
-from .launcher import NO_PROXY, IronicService, free_port, locate_ironic
+from .launcher import NO_PROXY, IronicService, locate_ironic
 from .node import REPO, LoopDisk
 from .passive import PASSIVE_OVERRIDES, PassiveAgent, PassiveMachine
 
