@@ -8,15 +8,18 @@ process (tests/ironic/fleet.py), their deploys held mid-download so that every n
 stays in ``wait call-back`` and is polled every ``--interval`` seconds. Each size is
 deployed once, with the first of ``--conductors`` counts; for each count in turn
 conductors then join (started) or leave (SIGTERM) the running site, the bench waits
-until every agent has been polled by exactly one running conductor for two intervals
-and no agent was sent a command in them (the hash ring has moved the nodes and ironic
-has finished acting on first contacts: "moved s"), one more interval, and measures
-``--rounds`` intervals:
+until every agent has been polled by exactly one running conductor for two intervals,
+no agent was sent a command in them and no conductor handed ironic a heartbeat (the hash
+ring has moved the nodes, and ironic has finished acting on first contacts and on the
+first polls of the nodes a conductor took over: "moved s"), one more interval, and
+measures ``--rounds`` intervals:
 
 - per conductor: CPU seconds per interval as a share of one core, RSS, and how many
   agents it polled (from the agents' access logs, where the plugin names its conductor);
 - the round: the longest gap between two polls of one agent, and how many agents had a
-  gap longer than 1.5 intervals or no poll (a round that did not finish in time).
+  gap longer than 1.5 intervals or no poll (a round that did not finish in time);
+- the heartbeats the conductors handed ironic in those intervals (their debug log's
+  "Heartbeat from node" lines): 0 in steady polling of nodes waiting on long steps.
 
 A conductor that stays from one count to the next keeps its memory's history: its RSS
 at a lower count is after it held a smaller share.
@@ -108,6 +111,29 @@ class AccessLogs:
         return [e for e in self.entries if e["time"] >= when]
 
 
+HEARTBEAT = b"Heartbeat from node"
+
+
+class Heartbeats:
+    """The heartbeats each conductor handed ironic, counted in its console log as it grows."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[Path, int] = {}
+
+    def new(self, cluster: IronicCluster) -> dict[str, int]:
+        """Running conductor -> heartbeats logged since the last call."""
+        found = {}
+        for conductor in cluster.running():
+            path = conductor.console
+            with path.open("rb") as handle:
+                handle.seek(self.offsets.get(path, 0))
+                data = handle.read()
+            complete = data[: data.rfind(b"\n") + 1]
+            self.offsets[path] = self.offsets.get(path, 0) + len(complete)
+            found[conductor.host] = complete.count(HEARTBEAT)
+        return found
+
+
 def pollers(entries: list[dict[str, Any]]) -> dict[str, set[str]]:
     """agent -> the conductors that polled it in ``entries``."""
     found: dict[str, set[str]] = collections.defaultdict(set)
@@ -121,24 +147,31 @@ def pollers(entries: list[dict[str, Any]]) -> dict[str, set[str]]:
 SETTLE_LIMIT = 1800  # seconds
 
 
-def settle(logs: AccessLogs, n: int, running: set[str], interval: int) -> float:
+def settle(
+    cluster: IronicCluster, logs: AccessLogs, heartbeats: Heartbeats, n: int, interval: int
+) -> float:
     """Until, over the last two intervals, every agent was polled by exactly one conductor,
     a running one (after conductors joined or left, the hash ring has moved the nodes),
-    and no agent was sent a command: ironic has finished acting on the first contacts
-    (each starts the deploy's steps: several commands per agent), so what is measured
-    is steady polling, not the tail of first contact."""
+    no agent was sent a command and no conductor handed ironic a heartbeat: ironic has
+    finished acting on the first contacts (each starts the deploy's steps: several
+    commands per agent) and on the first polls of the nodes a conductor took over (each
+    a heartbeat), so what is measured is steady polling, not the tail of either."""
+    running = {c.host for c in cluster.running()}
     began = time.monotonic()
     deadline = began + SETTLE_LIMIT
+    heartbeats.new(cluster)
+    recent: list[int] = []
     while time.monotonic() < deadline:
         time.sleep(interval)
+        recent = [sum(heartbeats.new(cluster).values()), *recent[:1]]
         entries = logs.since(time.time() - 2 * interval)
         seen = pollers(entries)
-        quiet = not any(e["method"] == "POST" for e in entries)
+        quiet = not any(e["method"] == "POST" for e in entries) and recent == [0, 0]
         if quiet and len(seen) == n and all(len(c) == 1 and c <= running for c in seen.values()):
             return time.monotonic() - began
     raise RuntimeError(
-        f"the conductors did not settle on one conductor per agent, no command sent, "
-        f"in {SETTLE_LIMIT} s"
+        f"the conductors did not settle on one conductor per agent, no command sent and "
+        f"no heartbeat, in {SETTLE_LIMIT} s"
     )
 
 
@@ -171,16 +204,15 @@ def run(
             fleet.start_agents([c.workdir / "tftp" for c in cluster.conductors])
             wait_until(lambda: fleet.contacted() == n, 3600, "first contact with every agent")
             contact = time.monotonic() - began - deployed
-            logs = AccessLogs(site)
+            logs, heartbeats = AccessLogs(site), Heartbeats()
             for count in counts:
                 while len(cluster.running()) < count:
                     cluster.add_conductor()
                 while len(cluster.running()) > count:
                     cluster.remove_conductor()
-                running = {c.host for c in cluster.running()}
-                moved = settle(logs, n, running, interval)
+                moved = settle(cluster, logs, heartbeats, n, interval)
                 time.sleep(interval)
-                measure(cluster, logs, n, interval, rounds, (deployed, contact, moved))
+                measure(cluster, logs, heartbeats, n, interval, rounds, (deployed, contact, moved))
         finally:
             if fleet is not None:
                 fleet.stop()
@@ -190,6 +222,7 @@ def run(
 def measure(
     cluster: IronicCluster,
     logs: AccessLogs,
+    heartbeats: Heartbeats,
     n: int,
     interval: int,
     rounds: int,
@@ -200,7 +233,9 @@ def measure(
     pids = {c.host: tree_pids(c.process.pid) for c in running if c.process}
     cpu = {host: agent_fleet.process_cpu_seconds(p) for host, p in pids.items()}
     since = time.time()
+    heartbeats.new(cluster)
     time.sleep(rounds * interval)
+    handed = heartbeats.new(cluster)
     cpu = {h: agent_fleet.process_cpu_seconds(p) - cpu[h] for h, p in pids.items()}
     rss = {host: rss_of(p) for host, p in pids.items()}
     entries = logs.since(since)
@@ -214,7 +249,7 @@ def measure(
         print(
             f"{n:>6} {len(running):>10} {host:>17} {polled[host]:>7}"
             f" {100 * cpu[host] / (rounds * interval):>6.1f}% {rss[host]:>8.0f}"
-            f" {max(longest.values(), default=0):>8.1f} {late + unpolled:>5}"
+            f" {max(longest.values(), default=0):>8.1f} {late + unpolled:>5} {handed[host]:>5}"
             f" {deployed:>9.0f} {contact:>8.0f} {moved:>8.0f}",
             flush=True,
         )
@@ -249,7 +284,7 @@ def main() -> None:
     print(f"poll interval {args.interval} s; CPU over {args.rounds} intervals after first contact")
     print(
         f"{'nodes':>6} {'conductors':>10} {'conductor':>17} {'agents':>7} {'core':>7}"
-        f" {'RSS MiB':>8} {'max gap':>8} {'late':>5} {'deploy s':>9} {'found s':>8}"
+        f" {'RSS MiB':>8} {'max gap':>8} {'late':>5} {'hb':>5} {'deploy s':>9} {'found s':>8}"
         f" {'moved s':>8}"
     )
     try:
