@@ -121,6 +121,13 @@ def test_the_ramdisk_endpoints_are_off(ironic: IronicService, machine: PassiveMa
     assert ramdisk_endpoint_answer(ironic, f"/v1/lookup?addresses={machine.macs[0]}", None) == 403
 
 
+def test_the_plugin_limits_glibcs_heaps_as_ironic_loads_it(ironic: IronicService) -> None:
+    """``[tacet] malloc_arena_max`` (2 unless set): applied when ironic builds its deploy
+    interfaces, before its periodic tasks' threads allocate (tests/test_heap.py shows
+    what the limit does)."""
+    assert "glibc heaps limited to 2 ([tacet] malloc_arena_max)" in ironic.log.read_text()
+
+
 def test_passive_deploy_to_active(machine: PassiveMachine, images: Images) -> None:
     machine.enroll(boot_mode="bios", instance_info=images.instance_info(images.raw))
     machine.provide()
