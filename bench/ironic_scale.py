@@ -199,8 +199,14 @@ def run(
                 cluster.url, f"http://127.0.0.1:{images.port}", site, n, workers, access_log=True
             )
             fleet.poll_timeout = 3600
+            fleet.redeploy_failed = True
             fleet.enroll_and_deploy()
             deployed = time.monotonic() - began
+            if fleet.redeployed:
+                print(
+                    f"bench: {len(fleet.redeployed)} deploys failed and were started again",
+                    file=sys.stderr,
+                )
             fleet.start_agents([c.workdir / "tftp" for c in cluster.conductors])
             wait_until(lambda: fleet.contacted() == n, 3600, "first contact with every agent")
             contact = time.monotonic() - began - deployed

@@ -210,7 +210,9 @@ class PassiveFleet:
     workers: int = 1
     access_log: bool = False
     poll_timeout: float = 600.0
+    redeploy_failed: bool = False
     uuids: list[str] = field(default_factory=list)
+    redeployed: list[str] = field(default_factory=list)
     agents: list[subprocess.Popen[str]] = field(default_factory=list)
 
     @property
@@ -254,7 +256,20 @@ class PassiveFleet:
             wait_until(lambda s=state: self.all_in(s), self.poll_timeout, f"all nodes {state}")
         for uuid in self.uuids:
             api.set_provision_state(uuid, "active")
-        wait_until(lambda: self.all_in("wait call-back"), self.poll_timeout, "all nodes waiting")
+        wait_until(self._all_waiting, self.poll_timeout, "all nodes waiting")
+
+    def _all_waiting(self) -> bool:
+        """Whether every node waits for its agent; with ``redeploy_failed`` (benches), a
+        deploy that failed is started again and counted in ``redeployed``: at thousands
+        of deploys preparing at once, ironic's image cache can lose a race (the node
+        fails with "No such file or directory" under tftp-master)."""
+        mine = self.states()
+        if self.redeploy_failed:
+            for uuid in self.uuids:
+                if mine.get(uuid) == "deploy failed":
+                    self.redeployed.append(uuid)
+                    self.api.set_provision_state(uuid, "active")
+        return all(mine.get(uuid) == "wait call-back" for uuid in self.uuids)
 
     def start_agents(self, pxe_dirs: list[Path]) -> None:
         """Boot every node's agent, with the token from its PXE config."""
