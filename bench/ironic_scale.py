@@ -161,14 +161,22 @@ def settle(
     deadline = began + SETTLE_LIMIT
     heartbeats.new(cluster)
     recent: list[int] = []
+    handed = 0
     while time.monotonic() < deadline:
         time.sleep(interval)
         recent = [sum(heartbeats.new(cluster).values()), *recent[:1]]
+        handed += recent[0]
         entries = logs.since(time.time() - 2 * interval)
         seen = pollers(entries)
         quiet = not any(e["method"] == "POST" for e in entries) and recent == [0, 0]
         if quiet and len(seen) == n and all(len(c) == 1 and c <= running for c in seen.values()):
-            return time.monotonic() - began
+            took = time.monotonic() - began
+            print(
+                f"bench: {len(running)} conductors settled in {took:.0f} s, "
+                f"{handed} heartbeats handed to ironic meanwhile",
+                file=sys.stderr,
+            )
+            return took
     raise RuntimeError(
         f"the conductors did not settle on one conductor per agent, no command sent and "
         f"no heartbeat, in {SETTLE_LIMIT} s"
