@@ -142,19 +142,27 @@ class Collector:
         (its driver may still be loading), but not once another CD-like medium is there."""
         deadline = time.monotonic() + self.wait_seconds
         while True:
-            for label in CONFIG_DRIVE_LABELS:
-                link = self.by_label / label
-                if link.exists():
-                    return link.resolve()
-            for label in CONFIG_DRIVE_LABELS:
-                device = self.find_by_label(label)
-                if device is not None:
-                    return device
+            device = self._labelled()
+            if device is not None:
+                return device
             if time.monotonic() >= deadline:
                 return None
             if self.find_boot_medium() is not None:
-                return None  # the virtual media is here, and it is not a config drive
+                # The virtual media is here. It may be the config drive that appeared
+                # since the look above: one more look decides.
+                return self._labelled()
             self.sleep(0.5)
+
+    def _labelled(self) -> Path | None:
+        for label in CONFIG_DRIVE_LABELS:
+            link = self.by_label / label
+            if link.exists():
+                return link.resolve()
+        for label in CONFIG_DRIVE_LABELS:
+            device = self.find_by_label(label)
+            if device is not None:
+                return device
+        return None
 
 
 def _read_bounded(path: Path, origin: str) -> bytes:

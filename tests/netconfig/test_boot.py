@@ -17,7 +17,13 @@ import pytest
 from agent.netconfig import __main__ as entry
 from agent.netconfig.boot import EXIT_REFUSED, VMEDIA_WAIT, config_drive_wait, configure
 from agent.netconfig.cmdline import GENERATOR_MARK
-from agent.netconfig.collect import CONFIG_DRIVE_FILE, CollectError, Collector, mount_read_only
+from agent.netconfig.collect import (
+    CONFIG_DRIVE_FILE,
+    CONFIG_DRIVE_LABELS,
+    CollectError,
+    Collector,
+    mount_read_only,
+)
 from agent.netconfig.render import NO_NETWORK, NO_NETWORK_FILE
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "network_data"
@@ -169,6 +175,27 @@ def test_waiting_ends_when_the_virtual_media_is_not_a_config_drive(tree: Tree):
     assert naps == [0.5, 0.5, 0.5]
     assert tree.mounted == []
     assert tree.written() == {}
+
+
+def test_a_config_drive_appearing_between_two_looks_is_read(tree: Tree):
+    """The medium shows up after the label look and before the medium look (its driver
+    finished probing in between): it is the config drive, not some other CD."""
+    tree.on_drive(STATIC)
+    looks: list[str] = []
+
+    def appears_after_the_first_look(label: str) -> Path | None:
+        looks.append(label)
+        return tree.device if len(looks) > len(CONFIG_DRIVE_LABELS) else None
+
+    collector = tree.collector(
+        find_by_label=appears_after_the_first_look,
+        wait_seconds=60,
+        sleep=lambda _seconds: None,
+        find_boot_medium=lambda: tree.device,
+    )
+    assert configure(collector, tree.network_dir, say=tree.lines.append) == 0
+    assert tree.mounted == [tree.device]
+    assert tree.written() == expected("ironic-static-ipv4")
 
 
 @pytest.mark.parametrize(
