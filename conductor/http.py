@@ -275,9 +275,9 @@ class Connection(asyncio.BufferedProtocol):
         session_name: str | None = None,
     ) -> None:
         self.pool = pool
-        self.pinned = context if isinstance(context, Pinned) else None
+        self.pinned: Pinned | None = None
         if isinstance(context, Pinned):
-            context = context.context
+            self.pinned, context = context, context.context
         self.key = key
         self.server_hostname = server_hostname
         # Sessions are remembered per host we connect to: two agents at fe80::1%eth0 and

@@ -32,14 +32,10 @@ def _glibc_function(name: str) -> Any:
         return None
 
 
-def _malloc_trim() -> Any:
-    return _glibc_function("malloc_trim")
-
-
 def release_free_memory() -> bool | None:
     """Ask the C library to give free heap memory back: True if it gave some, False if
     it had none to give, None where the C library cannot (not glibc)."""
-    trim = _malloc_trim()
+    trim = _glibc_function("malloc_trim")
     if trim is None:
         return None
     return bool(trim(0))
